@@ -1,0 +1,1 @@
+"""orca-jax: ORCA (align, then refine) in JAX/Flax NNX."""
