@@ -1,0 +1,103 @@
+"""`from_pretrained`: a Hugging Face checkpoint (hub id or snapshot directory) -> an orca-jax body.
+
+The architecture is chosen from `config.json`'s `model_type`; each architecture contributes a config builder, a
+module, a key table and the prefixes under which task models (`RobertaForSequenceClassification`,
+`SwinForImageClassification`, ...) keep their body. A task checkpoint loads its body; its head keys are reported,
+not loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from orca_jax.models.text_encoder import TextEncoder, TextEncoderConfig
+from orca_jax.weights import KeyTable, load_into, read_config, read_tensors, resolve_checkpoint
+from orca_jax.weights.bert_family import BERT_FAMILY_KEYS
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    # (config.json contents, names of the body's tensors with the task-model prefix removed) -> our config
+    build_config: Callable[[dict, Sequence[str]], Any]
+    module: Callable[..., nnx.Module]
+    key_table: Callable[[Any], KeyTable]
+    body_prefixes: Sequence[str]
+
+
+def _text_encoder_config(hf_config: dict, body_names: Sequence[str]) -> TextEncoderConfig:
+    # Task models (e.g. RobertaForSequenceClassification) are saved without the pooler: build one only if present.
+    has_pooler = any(name.startswith("pooler.") for name in body_names)
+    return TextEncoderConfig.from_hf(hf_config, add_pooling_layer=has_pooler)
+
+
+_TEXT = Architecture(
+    _text_encoder_config, TextEncoder, lambda config: BERT_FAMILY_KEYS, ("roberta.", "bert.", "xlm_roberta.", "camembert.")
+)
+ARCHITECTURES: dict[str, Architecture] = {"bert": _TEXT, "roberta": _TEXT, "xlm-roberta": _TEXT, "camembert": _TEXT}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """What was deliberately not loaded: head keys of a task checkpoint, and buffers we recompute."""
+
+    body_prefix: str | None
+    ignored_head_keys: tuple[str, ...]
+    dropped_buffers: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedCheckpoint:
+    model: nnx.Module
+    config: Any
+    hf_config: dict
+    report: LoadReport
+
+
+def split_body(
+    tensors: Mapping[str, np.ndarray], body_prefixes: Sequence[str]
+) -> tuple[dict[str, np.ndarray], tuple[str, ...], str | None]:
+    """The body's tensors (prefix removed), the head keys, and the prefix; a bare body has no prefix and no head."""
+    for prefix in body_prefixes:
+        if any(name.startswith(prefix) for name in tensors):
+            body = {name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)}
+            head = tuple(sorted(name for name in tensors if not name.startswith(prefix)))
+            return body, head, prefix
+    return dict(tensors), (), None
+
+
+def load_checkpoint(checkpoint: str | os.PathLike, *, dtype=jnp.float32) -> LoadedCheckpoint:
+    """Like `from_pretrained`, but also returns the configs and what was deliberately left out."""
+    directory = resolve_checkpoint(checkpoint)
+    hf_config = read_config(directory)
+    model_type = hf_config.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"{checkpoint!s}: model_type={model_type!r} is not supported by orca-jax; supported: {sorted(ARCHITECTURES)}."
+        )
+    arch = ARCHITECTURES[model_type]
+    body, head_keys, prefix = split_body(read_tensors(directory), arch.body_prefixes)
+    config = arch.build_config(hf_config, list(body))
+    model, dropped = load_into(
+        lambda: arch.module(config, dtype=dtype, rngs=nnx.Rngs(0)), body, arch.key_table(config), dtype
+    )
+    if head_keys:
+        log.warning(
+            "%s: loaded the body under %r and ignored %d head key(s): %s",
+            checkpoint, prefix, len(head_keys), ", ".join(head_keys),
+        )
+    return LoadedCheckpoint(model, config, hf_config, LoadReport(prefix, head_keys, tuple(dropped)))
+
+
+def from_pretrained(checkpoint: str | os.PathLike, *, dtype=jnp.float32) -> nnx.Module:
+    """Loads a pretrained body with parameters (and computation) in `dtype` (float32, or bfloat16)."""
+    return load_checkpoint(checkpoint, dtype=dtype).model

@@ -1,0 +1,42 @@
+"""Numerical parity of orca-jax bodies with transformers' PyTorch models on the same checkpoint.
+
+Used by `scripts/verify_weights.py` (a user's check of a checkpoint) and by the parity tests. Needs torch and
+transformers, imported here only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from orca_jax.models.pretrained import LoadedCheckpoint, load_checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    name: str  # e.g. "input_ids/layer 3"
+    max_abs_diff: float
+
+
+def compare_with_transformers(checkpoint: str | os.PathLike, *, batch: int = 2, length: int = 16, seed: int = 0) -> list[Comparison]:
+    """Loads `checkpoint` into orca-jax and into transformers (float32) and compares them on random inputs."""
+    from orca_jax.parity import text  # noqa: PLC0415  (each comparer imports torch; keep the import lazy)
+
+    loaded = load_checkpoint(checkpoint)
+    comparers: dict[str, Callable[..., list[Comparison]]] = {
+        "bert": text.compare,
+        "roberta": text.compare,
+        "xlm-roberta": text.compare,
+        "camembert": text.compare,
+    }
+    return comparers[loaded.hf_config["model_type"]](checkpoint, loaded, batch=batch, length=length, seed=seed)
+
+
+def max_abs_diff(ours, theirs) -> float:
+    return float(np.max(np.abs(np.asarray(ours, np.float64) - np.asarray(theirs, np.float64))))
+
+
+__all__ = ["Comparison", "LoadedCheckpoint", "compare_with_transformers", "max_abs_diff"]
