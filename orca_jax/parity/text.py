@@ -1,4 +1,4 @@
-"""Parity of the BERT-family encoder: token ids with padding, and the `inputs_embeds` path."""
+"""Parity of the BERT-family encoder: token ids without a mask, token ids with padding, and `inputs_embeds`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def compare(checkpoint, loaded: LoadedCheckpoint, *, batch: int, length: int, se
     inputs = random_text_batch(config, batch, length, seed)
     embeds = np.random.default_rng(seed + 1).normal(size=(batch, length, config.hidden_size)).astype(np.float32)
     results = []
+    full = {"input_ids": inputs["input_ids"][:1]}  # row 0 has no padding
     for path, ours_kwargs, ref_kwargs in [
+        ("input_ids, no mask", {"input_ids": jnp.asarray(full["input_ids"])}, {"input_ids": torch.from_numpy(full["input_ids"])}),
         (
             "input_ids",
             {k: jnp.asarray(v) for k, v in inputs.items()},

@@ -1,0 +1,143 @@
+"""Checkpoint reading and the strict converter: every kind of mismatch is an error naming the key."""
+
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file, save_file
+from safetensors.torch import save_file as save_torch_file
+
+from orca_jax.models import from_pretrained, load_checkpoint
+from orca_jax.weights import CheckpointNotFoundError, WeightConversionError, read_tensors, resolve_checkpoint
+from tests.text_checkpoints import save_tiny_text_model
+
+import jax.numpy as jnp
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return save_tiny_text_model("bert-gelu", tmp_path / "bert")
+
+
+def _edit(directory, edit):
+    tensors = load_file(directory / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, directory / "model.safetensors")
+
+
+def test_missing_key_is_named(tiny):
+    _edit(tiny, lambda t: t.pop("encoder.layer.1.intermediate.dense.bias"))
+    with pytest.raises(WeightConversionError, match=r"missing: layers\.1\.mlp_in\.bias"):
+        from_pretrained(tiny)
+
+
+def test_extra_key_is_named(tiny):
+    _edit(tiny, lambda t: t.update({"encoder.layer.0.attention.self.rotary.weight": np.zeros(3, np.float32)}))
+    with pytest.raises(WeightConversionError, match=r"unmapped key 'encoder\.layer\.0\.attention\.self\.rotary"):
+        from_pretrained(tiny)
+
+
+def test_extra_layer_beyond_the_config_is_named(tiny):
+    _edit(tiny, lambda t: t.update({"encoder.layer.7.output.dense.bias": np.zeros(32, np.float32)}))
+    with pytest.raises(WeightConversionError, match=r"'encoder\.layer\.7\.output\.dense\.bias' maps to layers\.7"):
+        from_pretrained(tiny)
+
+
+def test_wrong_shape_is_named(tiny):
+    _edit(tiny, lambda t: t.update({"encoder.layer.0.output.dense.weight": np.zeros((32, 47), np.float32)}))
+    with pytest.raises(WeightConversionError, match=r"shape mismatch for 'encoder\.layer\.0\.output\.dense\.weight'"):
+        from_pretrained(tiny)
+
+
+def test_duplicate_spelling_is_named(tiny):
+    _edit(tiny, lambda t: t.update({"embeddings.LayerNorm.gamma": t["embeddings.LayerNorm.weight"]}))
+    with pytest.raises(WeightConversionError, match=r"duplicate: keys 'embeddings\.LayerNorm\.gamma' and"):
+        from_pretrained(tiny)
+
+
+def test_all_problems_reported_at_once(tiny):
+    def edit(t):
+        t.pop("pooler.dense.bias")
+        t["mystery"] = np.zeros(1, np.float32)
+
+    _edit(tiny, edit)
+    with pytest.raises(WeightConversionError, match=r"2 problem\(s\)") as err:
+        from_pretrained(tiny)
+    assert "pooler.dense.bias" in str(err.value) and "mystery" in str(err.value)
+
+
+def test_task_checkpoint_loads_body_and_reports_head(tmp_path):
+    directory = save_tiny_text_model("roberta", tmp_path, task_model=True)
+    loaded = load_checkpoint(directory)
+    assert loaded.report.body_prefix == "roberta."
+    assert loaded.report.ignored_head_keys == (
+        "classifier.dense.bias", "classifier.dense.weight", "classifier.out_proj.bias", "classifier.out_proj.weight"
+    )
+    assert loaded.model.pooler is None  # sequence-classification models have no pooler
+    body = load_file(directory / "model.safetensors")
+    np.testing.assert_array_equal(
+        loaded.model.embeddings.word.embedding[...], body["roberta.embeddings.word_embeddings.weight"]
+    )
+
+
+def test_sharded_and_legacy_bin_checkpoints_load_the_same(tmp_path):
+    import transformers
+
+    reference = save_tiny_text_model("roberta", tmp_path / "one")
+    model = transformers.AutoModel.from_pretrained(str(reference))
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    (tmp_path / "bin").mkdir()
+    model.config.save_pretrained(tmp_path / "bin")
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    want = read_tensors(reference)
+    for variant in ("sharded", "bin"):
+        got = read_tensors(tmp_path / variant)
+        assert set(got) == set(want), variant
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{variant}: {name}")
+
+
+def test_bfloat16_safetensors_keep_their_dtype(tmp_path):
+    values = torch.randn(3, 5).to(torch.bfloat16)
+    save_torch_file({"w": values}, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    got = read_tensors(tmp_path)["w"]
+    assert got.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(got.astype(np.float32), values.float().numpy())
+
+
+def test_directory_without_config_or_weights(tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match="has no config.json"):
+        resolve_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointNotFoundError, match="No weights in"):
+        read_tensors(resolve_checkpoint(tmp_path))
+
+
+def test_offline_hub_id_without_cache_says_how_to_get_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointNotFoundError, match=r"'orca-jax-tests/no-such-model'.*hf download"):
+        resolve_checkpoint("orca-jax-tests/no-such-model")
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="model_type='gpt2' is not supported"):
+        from_pretrained(tmp_path)
+
+
+def test_verify_weights_script_passes_and_fails_on_tolerance(tiny, capsys):
+    from scripts.verify_weights import main
+
+    assert main([str(tiny)]) == 0
+    assert "PASS" in capsys.readouterr().out
+    assert main([str(tiny), "--tolerance", "0"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_bfloat16_parameters_loaded_from_float32_file(tiny):
+    model = from_pretrained(tiny, dtype=jnp.bfloat16)
+    assert model.embeddings.word.embedding.dtype == jnp.bfloat16
