@@ -18,9 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from orca_jax.models.swin import Swin, SwinConfig
 from orca_jax.models.text_encoder import TextEncoder, TextEncoderConfig
 from orca_jax.weights import KeyTable, load_into, read_config, read_tensors, resolve_checkpoint
 from orca_jax.weights.bert_family import BERT_FAMILY_KEYS
+from orca_jax.weights.swin_keys import swin_keys
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,11 @@ def _text_encoder_config(hf_config: dict, body_names: Sequence[str]) -> TextEnco
 _TEXT = Architecture(
     _text_encoder_config, TextEncoder, lambda config: BERT_FAMILY_KEYS, ("roberta.", "bert.", "xlm_roberta.", "camembert.")
 )
-ARCHITECTURES: dict[str, Architecture] = {"bert": _TEXT, "roberta": _TEXT, "xlm-roberta": _TEXT, "camembert": _TEXT}
+# SwinForImageClassification / SwinForMaskedImageModeling keep the body under "swin."; a bare SwinModel has none.
+_SWIN = Architecture(lambda hf_config, body_names: SwinConfig.from_hf(hf_config), Swin, swin_keys, ("swin.",))
+ARCHITECTURES: dict[str, Architecture] = {
+    "bert": _TEXT, "roberta": _TEXT, "xlm-roberta": _TEXT, "camembert": _TEXT, "swin": _SWIN
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,8 +22,11 @@ class Comparison:
 
 
 def compare_with_transformers(checkpoint: str | os.PathLike, *, batch: int = 2, length: int = 16, seed: int = 0) -> list[Comparison]:
-    """Loads `checkpoint` into orca-jax and into transformers (float32) and compares them on random inputs."""
-    from orca_jax.parity import text  # noqa: PLC0415  (each comparer imports torch; keep the import lazy)
+    """Loads `checkpoint` into orca-jax and into transformers (float32) and compares them on random inputs.
+
+    `length` is the number of tokens for text bodies and the image side in pixels for Swin.
+    """
+    from orca_jax.parity import swin, text  # noqa: PLC0415  (each comparer imports torch; keep the import lazy)
 
     loaded = load_checkpoint(checkpoint)
     comparers: dict[str, Callable[..., list[Comparison]]] = {
@@ -31,6 +34,7 @@ def compare_with_transformers(checkpoint: str | os.PathLike, *, batch: int = 2, 
         "roberta": text.compare,
         "xlm-roberta": text.compare,
         "camembert": text.compare,
+        "swin": swin.compare,  # for Swin, `length` is the image side in pixels
     }
     return comparers[loaded.hf_config["model_type"]](checkpoint, loaded, batch=batch, length=length, seed=seed)
 
