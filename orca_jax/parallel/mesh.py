@@ -1,0 +1,74 @@
+"""The device mesh from the config, and global arrays on it.
+
+Axes are `("data", "fsdp")`. They are created as `AxisType.Auto` on purpose: orca-jax places inputs and parameters
+with explicit `NamedSharding`s and lets XLA's partitioner propagate shardings through the step, which is what a
+jitted step written as ordinary array code needs (jax >= 0.10 `make_mesh` defaults to Explicit axes, under which
+every sharded op must be annotated).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+_distributed_started = False
+
+
+def initialize_distributed() -> None:
+    """Starts the multi-host runtime once, when the environment describes several processes; else a no-op.
+
+    `jax.distributed.initialize()` finds the coordinator on TPU pods and under SLURM / Open MPI by itself; elsewhere
+    set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (read by jax).
+    """
+    global _distributed_started
+    if _distributed_started:
+        return
+    multi_host = any(
+        os.environ.get(name)
+        for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
+    )
+    if multi_host:
+        jax.distributed.initialize()
+    _distributed_started = True
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
+    """A ("data", "fsdp") mesh over all devices (or `devices`); -1 on one axis means "all remaining devices"."""
+    devices = jax.devices() if devices is None else list(devices)
+    count = len(devices)
+    if data == -1 and fsdp == -1:
+        raise ValueError("At most one of mesh.data and mesh.fsdp may be -1.")
+    if data == -1:
+        data = count // max(fsdp, 1)
+    if fsdp == -1:
+        fsdp = count // max(data, 1)
+    if data < 1 or fsdp < 1 or data * fsdp != count:
+        raise ValueError(
+            f"mesh data={data} x fsdp={fsdp} does not use the {count} devices exactly; choose sizes whose product is "
+            f"{count} (or -1 for one of them)."
+        )
+    return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def global_batch(host_array: np.ndarray, mesh: Mesh, axis: int = 0) -> jax.Array:
+    """Places an array that every process holds whole, sharded along `axis` over the mesh's data axes.
+
+    Each process contributes only the shards its devices hold, so this is correct on several hosts too.
+    `axis` must divide by the number of data-parallel devices (pad with masked entries first).
+    """
+    spec = [None] * host_array.ndim
+    spec[axis] = ("data", "fsdp")
+    sharding = NamedSharding(mesh, P(*spec))
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if host_array.shape[axis] % shards:
+        raise ValueError(
+            f"axis {axis} of an array of shape {host_array.shape} does not divide over {shards} devices; pad it."
+        )
+    return jax.make_array_from_callback(host_array.shape, sharding, lambda index: host_array[index])

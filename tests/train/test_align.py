@@ -1,0 +1,115 @@
+"""The align stage: official sampling, it lowers the distance, trains only the embedder, shards, resumes."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from ml_collections import ConfigDict
+
+from orca_jax.models import from_pretrained
+from orca_jax.models.embedders import SequenceEmbedder
+from orca_jax.models.orca import ClassificationHead, OrcaModel
+from orca_jax.parallel import make_mesh
+from orca_jax.train.align import ClassSampler, load_aligned_embedder, run_align
+from tests.text_checkpoints import save_tiny_text_model
+
+OPTIMIZER = ConfigDict(dict(name="adamw", learning_rate=1e-3, weight_decay=0.0, momentum=0.9, b1=0.9, b2=0.98,
+                            eps=1e-8))
+
+
+def align_config(epochs, **overrides):
+    values = dict(epochs=epochs, objective="otdd-exact", solver="annealed", epsilon=0.1, maxsamples=24,
+                  lr_multiplier=10.0, milestones=(20, 40, 60), gamma=0.2, checkpoint_every=2)
+    values.update(overrides)
+    return ConfigDict(values)
+
+
+@pytest.fixture(scope="module")
+def body_dir(tmp_path_factory):
+    return save_tiny_text_model("roberta", tmp_path_factory.mktemp("body"))
+
+
+@pytest.fixture(scope="module")
+def task():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 120)
+    x = (rng.normal(size=(120, 20, 2)) + y[:, None, None]).astype(np.float32)
+    # Source features: 4 labelled clusters at the scale of the body's embedding outputs.
+    src_y = rng.integers(0, 4, 400)
+    src_x = (rng.normal(size=(400, 32)) * 0.5 + np.eye(4, 32)[src_y] * 2).astype(np.float32)
+    return x, y, (src_x, src_y)
+
+
+def make_model(body_dir):
+    body = from_pretrained(body_dir)
+    rngs = nnx.Rngs(0)
+    embedder = SequenceEmbedder.from_body(body, 2, 20, target_seq_len=10, rngs=rngs)
+    return OrcaModel(embedder, body, ClassificationHead(32, 3, rngs=rngs))
+
+
+def align(model, task, workdir, epochs, mesh=None, **overrides):
+    x, y, source = task
+    return run_align(model, x, y, source, align_config(epochs, **overrides), OPTIMIZER, batch_size=8,
+                     mesh=mesh or make_mesh(), workdir=workdir)
+
+
+def test_sampler_follows_the_official_exceed_maxsamples_rule():
+    labels = np.array([0] * 3 + [1] * 50 + [2] * 200 + [3])
+    sampler = ClassSampler.build(labels, maxsamples=40, batch_size=16, multiple_of=8)
+    np.testing.assert_array_equal(sampler.classes, [0, 1, 2])  # class 3 has one example: skipped
+    np.testing.assert_array_equal(sampler.draw, [3, 48, 48])  # batches of 16 until more than 40
+    np.testing.assert_allclose(sampler.weights, np.array([3, 50, 200]) / labels.size)
+    assert sampler.width == 48
+    index, mask = sampler.sample(np.random.default_rng(0))
+    np.testing.assert_array_equal(mask.sum(1), [3, 48, 48])
+    for row, c in enumerate(sampler.classes):
+        real = index[row][mask[row]]
+        assert (labels[real] == c).all() and len(set(real)) == len(real)
+
+
+def test_align_lowers_the_distance_and_trains_only_the_embedder(body_dir, task, tmp_path):
+    model = make_model(body_dir)
+    frozen_before = nnx.state(model, nnx.Not(nnx.PathContains("embedder")))
+    embedder_before = nnx.state(model.embedder, nnx.Param)
+    frozen_before, embedder_before = jax.tree.map(np.array, (frozen_before, embedder_before))
+    result = align(model, task, tmp_path, epochs=8)
+    assert result.distance_after < 0.9 * result.distance_before, result
+    for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(nnx.state(model, nnx.Not(nnx.PathContains("embedder"))))):
+        np.testing.assert_array_equal(a, b)
+    changed = [np.abs(a - np.asarray(b)).max() > 0 for a, b in
+               zip(jax.tree.leaves(embedder_before), jax.tree.leaves(nnx.state(model.embedder, nnx.Param)))]
+    assert all(changed)
+    lines = (tmp_path / "align_metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 9))
+    assert (tmp_path / "align_distance.png").stat().st_size > 1000
+    fresh = make_model(body_dir)
+    assert load_aligned_embedder(fresh, tmp_path)
+    for a, b in zip(jax.tree.leaves(nnx.state(fresh.embedder)), jax.tree.leaves(nnx.state(model.embedder))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow
+def test_align_on_8_devices_equals_one_device(body_dir, task, tmp_path):
+    one = make_model(body_dir)
+    eight = make_model(body_dir)
+    r1 = align(one, task, tmp_path / "one", epochs=3, mesh=make_mesh(devices=jax.devices()[:1]))
+    r8 = align(eight, task, tmp_path / "eight", epochs=3, mesh=make_mesh())
+    assert jax.device_count() == 8
+    np.testing.assert_allclose([h["distance"] for h in r8.history], [h["distance"] for h in r1.history], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(nnx.state(one.embedder)), jax.tree.leaves(nnx.state(eight.embedder))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_interrupted_align_resumes_to_the_same_result(body_dir, task, tmp_path):
+    whole = make_model(body_dir)
+    align(whole, task, tmp_path / "whole", epochs=4)
+    resumed = make_model(body_dir)
+    align(resumed, task, tmp_path / "parts", epochs=2)  # "crash" after 2 epochs (checkpoint_every=2)
+    again = make_model(body_dir)  # a new process: fresh model, same workdir
+    result = align(again, task, tmp_path / "parts", epochs=4)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    for a, b in zip(jax.tree.leaves(nnx.state(whole.embedder)), jax.tree.leaves(nnx.state(again.embedder))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
