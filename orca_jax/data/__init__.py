@@ -1,0 +1,32 @@
+"""Data: source sets and their body-embedded source features (the align stage's targets), and target tasks."""
+
+from orca_jax.data.source_features import (
+    SourceFeatures,
+    default_cache_dir,
+    embed_source,
+    image_features,
+    load_or_compute,
+    mean_squared_pairwise_distance,
+    text_features,
+)
+from orca_jax.data.source_set import OFFICIAL_SOURCE_SIZE, SourceSet
+from orca_jax.data.sources import SOURCES, load_source
+from orca_jax.data.tasks import TASK_LOADERS, Split, Task, load_task
+
+__all__ = [
+    "OFFICIAL_SOURCE_SIZE",
+    "SOURCES",
+    "SourceFeatures",
+    "SourceSet",
+    "Split",
+    "TASK_LOADERS",
+    "Task",
+    "default_cache_dir",
+    "embed_source",
+    "image_features",
+    "load_or_compute",
+    "load_source",
+    "load_task",
+    "mean_squared_pairwise_distance",
+    "text_features",
+]

@@ -1,0 +1,255 @@
+"""Source features: a source set embedded by a pretrained body's own embedding layer, mean-pooled over tokens.
+
+These are the points the align stage moves the task's embedded data towards, so they live where the official code
+puts them: at the output of the body's embedding module (the input of the first transformer block), one vector
+per example.
+- Text encoder: sentences tokenised by the body's own tokenizer (from its checkpoint directory), padded and
+  truncated to 32 tokens (the official `text_xs_32`), through `body.embeddings` (word + position + token type,
+  layer norm; no dropout), then averaged over the real tokens, i.e. where the attention mask is 1 ([CLS]/[SEP]
+  or <s>/</s> included, padding excluded). The official file's pooling over padding is unknown; averaging padding
+  in would pull every short sentence towards the padding embedding.
+- Swin: NHWC images resized to the body's image size (bilinear, half-pixel centres, no antialiasing: what
+  torchvision's Resize did on tensors, and what the 2D embedder does), through `body.embeddings` (patch
+  convolution and layer norm), then averaged over the patch tokens.
+
+`load_or_compute` caches the features and labels per (body, source, size, seed) as `.npz` plus a `.json` of
+metadata under `~/.cache/orca_jax/source_features` (or `cache_dir`). The body enters the key as its hub id or
+absolute directory plus a hash of its config.json; rewriting a checkpoint's weights in place without touching
+config.json is not detected (use another cache_dir). Files are written to a temporary name and renamed, the
+`.json` last, so an interrupted run never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from orca_jax.data.source_set import OFFICIAL_SOURCE_SIZE, SourceSet
+from orca_jax.data.sources import load_source, source_spec
+from orca_jax.models.swin import Swin
+from orca_jax.models.text_encoder import TextEncoder
+from orca_jax.weights import read_config, resolve_checkpoint
+
+TEXT_MAX_LENGTH = 32  # tokens per sentence, as the official text_xs_32.npy
+_CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "orca_jax" / "source_features"
+
+
+def _batched(fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray], batch_size: int, desc: str, progress: bool):
+    """fn over fixed-size batches (the last one zero-padded, so one compilation), concatenated, as NumPy."""
+    n = len(arrays[0])
+    out = []
+    with tqdm(total=n, desc=desc, unit="example", disable=not progress) as bar:
+        for start in range(0, n, batch_size):
+            chunk = [a[start : start + batch_size] for a in arrays]
+            real = len(chunk[0])
+            chunk = [np.pad(c, [(0, batch_size - real)] + [(0, 0)] * (c.ndim - 1)) for c in chunk]
+            out.append(np.asarray(fn(*chunk))[:real])
+            bar.update(real)
+    return np.concatenate(out).astype(np.float32)
+
+
+def text_features(
+    body: TextEncoder,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    max_length: int = TEXT_MAX_LENGTH,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> np.ndarray:
+    """float32 [N, width]: `body.embeddings` of each sentence (padded/truncated to max_length), mean over real tokens."""
+    encoded = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+    ids = encoded["input_ids"].astype(np.int32)
+    mask = encoded["attention_mask"].astype(np.int32)
+    types = encoded.get("token_type_ids", np.zeros_like(ids)).astype(np.int32)
+    graphdef, state = nnx.split(body.embeddings)
+
+    @jax.jit
+    def embed(state, ids, types, mask):
+        tokens = nnx.merge(graphdef, state)(ids, None, types, None, None).astype(jnp.float32)
+        weights = mask[..., None].astype(jnp.float32)
+        return jnp.sum(tokens * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+
+    return _batched(lambda *a: embed(state, *a), [ids, types, mask], batch_size, "text features", progress)
+
+
+def image_features(body: Swin, images: np.ndarray, *, batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    """float32 [N, embed_dim]: NHWC images resized to the body's image size, `body.embeddings`, mean over tokens."""
+    if images.ndim != 4 or images.shape[-1] != body.config.num_channels:
+        raise ValueError(
+            f"Expected NHWC images [N, height, width, {body.config.num_channels}], got shape {images.shape}."
+        )
+    image_size = tuple(body.config.image_size)
+    graphdef, state = nnx.split(body.embeddings)
+
+    @jax.jit
+    def embed(state, images):
+        if images.shape[1:3] != image_size:
+            shape = (images.shape[0], *image_size, images.shape[3])
+            images = jax.image.resize(images, shape, method="linear", antialias=False)
+        tokens, _ = nnx.merge(graphdef, state)(images)
+        return jnp.mean(tokens.astype(jnp.float32), axis=1)
+
+    return _batched(lambda x: embed(state, x), [np.asarray(images, np.float32)], batch_size, "image features", progress)
+
+
+def embed_source(body: TextEncoder | Swin, source: SourceSet, *, tokenizer=None, batch_size: int | None = None,
+                 progress: bool = True) -> np.ndarray:
+    """Source features of `source` under `body`; a text body needs its tokenizer."""
+    batch = {} if batch_size is None else {"batch_size": batch_size}
+    if isinstance(body, TextEncoder) and source.modality == "text":
+        if tokenizer is None:
+            raise ValueError("A text encoder needs its tokenizer to embed a text source; pass tokenizer=.")
+        return text_features(body, tokenizer, source.inputs, progress=progress, **batch)
+    if isinstance(body, Swin) and source.modality == "image":
+        return image_features(body, source.inputs, progress=progress, **batch)
+    fitting = "text sources (python_docs, conll2003)" if isinstance(body, TextEncoder) else "image sources (digits, cifar10)"
+    raise ValueError(
+        f"Source {source.name!r} is a {source.modality} source, which a {type(body).__name__} body cannot embed; "
+        f"use one of the {fitting}."
+    )
+
+
+def mean_squared_pairwise_distance(features: np.ndarray) -> float:
+    """Mean of |x_i - x_j|^2 over pairs i != j, in O(N D): 2 N / (N - 1) (mean |x|^2 - |mean x|^2).
+
+    Compared with the Sinkhorn epsilon (0.1) it tells how entropic the OTDD is on these features.
+    """
+    x = np.asarray(features, np.float64)
+    n = len(x)
+    if n < 2:
+        raise ValueError(f"Need at least 2 feature vectors for a pairwise distance, got {n}.")
+    return float(2 * n / (n - 1) * (np.mean(np.sum(x * x, axis=1)) - np.sum(x.mean(axis=0) ** 2)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SourceFeatures:
+    features: np.ndarray  # float32 [N, D]
+    labels: np.ndarray  # int32 [N]
+    class_names: tuple[str, ...]
+    metadata: dict
+    path: Path  # the .npz file
+    from_cache: bool
+
+
+def _body_id(checkpoint: str | os.PathLike) -> str:
+    path = Path(checkpoint).expanduser()
+    return str(path.resolve()) if path.is_dir() else str(checkpoint)
+
+
+def cache_key(checkpoint: str | os.PathLike, source: str, *, size: int | None, seed: int) -> dict:
+    """Everything that decides the cached features: body (id or directory, config hash), source, size, seed."""
+    spec = source_spec(source)
+    config_bytes = json.dumps(read_config(resolve_checkpoint(checkpoint)), sort_keys=True).encode()
+    key = {
+        "format": _CACHE_FORMAT,
+        "body": _body_id(checkpoint),
+        "body_config_sha256": hashlib.sha256(config_bytes).hexdigest()[:16],
+        "source": source,
+        "size": "all" if size is None else int(size),
+        "seed": int(seed),
+        **spec.cache_tags(),
+    }
+    if spec.modality == "text":
+        key["text_max_length"] = TEXT_MAX_LENGTH
+    return key
+
+
+def cache_paths(key: dict, cache_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """(features .npz, metadata .json): a readable stem plus a hash of the whole key."""
+    body = key["body"]
+    body_name = re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(Path(body).parts[-2:]) if os.path.isabs(body) else body)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    stem = f"{key['source']}_{body_name}_n{key['size']}_s{key['seed']}_{digest}"
+    directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return directory / f"{stem}.npz", directory / f"{stem}.json"
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    """Writes through `write(file)` to a temporary sibling, then renames: readers see all of it or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_cache(key: dict, npz_path: Path, json_path: Path) -> SourceFeatures | None:
+    if not (npz_path.is_file() and json_path.is_file()):
+        return None
+    metadata = json.loads(json_path.read_text())
+    if metadata.get("key") != key:
+        return None
+    with np.load(npz_path) as data:
+        features, labels = data["features"], data["labels"]
+    return SourceFeatures(features, labels, tuple(metadata["class_names"]), metadata, npz_path, from_cache=True)
+
+
+def load_or_compute(
+    checkpoint: str | os.PathLike,
+    source: str,
+    *,
+    size: int | None = OFFICIAL_SOURCE_SIZE,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> SourceFeatures:
+    """Source features of `source` under the body of `checkpoint` (hub id or snapshot directory), cached.
+
+    Returns float32 features [N, D] and int32 labels [N] of the first `size` source examples after a shuffle
+    seeded by `seed` (fewer if the source is smaller). The body is loaded only on a cache miss. `data_dir` is the
+    tensorflow-datasets data directory for the tfds sources.
+    """
+    key = cache_key(checkpoint, source, size=size, seed=seed)
+    npz_path, json_path = cache_paths(key, cache_dir)
+    cached = _read_cache(key, npz_path, json_path)
+    if cached is not None:
+        return cached
+
+    from orca_jax.models.pretrained import load_checkpoint
+
+    body = load_checkpoint(checkpoint).model
+    tokenizer = None
+    if isinstance(body, TextEncoder):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(checkpoint))
+    source_set = load_source(source, size=size, seed=seed, data_dir=data_dir)
+    features = embed_source(body, source_set, tokenizer=tokenizer, batch_size=batch_size, progress=progress)
+    labels = source_set.labels.astype(np.int32)
+    metadata = {
+        "key": key,
+        "num_examples": int(features.shape[0]),
+        "dim": int(features.shape[1]),
+        "class_names": list(source_set.class_names),
+        "class_counts": np.bincount(labels, minlength=len(source_set.class_names)).tolist(),
+        "mean_squared_pairwise_distance": mean_squared_pairwise_distance(features),
+        "body_type": type(body).__name__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _atomic_write(npz_path, lambda f: np.savez(f, features=features, labels=labels))
+    _atomic_write(json_path, lambda f: f.write(json.dumps(metadata, indent=1).encode()))
+    return SourceFeatures(features, labels, source_set.class_names, metadata, npz_path, from_cache=False)
