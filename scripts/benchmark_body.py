@@ -1,6 +1,7 @@
 """Train-step speed of orca-jax bodies against transformers' PyTorch models, both measured in this run.
 
     python scripts/benchmark_body.py [--body text] [--steps 5]
+    python scripts/benchmark_body.py --body swin   # swin-base-patch4-window7-224, 2 x 224 x 224 x 3 images
 
 A train step is forward, backward and an AdamW update of every parameter, on random inputs, both sides with the
 same config, random initialisation, float32 and dropout off. Printed per side: samples/s, achieved FLOP/s (from the
@@ -24,7 +25,8 @@ import torch
 import transformers
 from flax import nnx
 
-from orca_jax.models import TextEncoder, TextEncoderConfig
+from orca_jax.models import Swin, SwinConfig, TextEncoder, TextEncoderConfig
+from orca_jax.models.swin import stage_windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,17 +111,59 @@ def text_workload(batch: int, length: int) -> Workload:
     return Workload(f"text encoder (roberta-base, {batch} x {length} tokens)", batch, 3.0 * forward, ours, reference)
 
 
+def swin_forward_flops(config: SwinConfig, image: tuple[int, int]) -> int:
+    """Matmul FLOPs of one image's forward pass: patch embedding, q/k/v/out projections and attention on the
+    (padded) windows, MLP, patch merging."""
+    height, width = -(-image[0] // config.patch_size[0]), -(-image[1] // config.patch_size[1])
+    flops = 2 * height * width * config.patch_size[0] * config.patch_size[1] * config.num_channels * config.embed_dim
+    stages = stage_windows(config, image)
+    for stage, ((h, w), window, _) in enumerate(stages):
+        c, depth = config.stage_widths[stage], config.depths[stage]
+        padded = -(-h // window) * window * (-(-w // window) * window)
+        attention = 2 * padded * 4 * c * c + 2 * 2 * padded * window * window * c
+        flops += depth * (attention + 2 * 2 * h * w * c * int(config.mlp_ratio * c))
+        if stage < len(stages) - 1:
+            flops += 2 * ((h + 1) // 2) * ((w + 1) // 2) * 4 * c * 2 * c
+    return flops
+
+
+def swin_workload(batch: int, side: int) -> Workload:
+    """swin-base-patch4-window7-224 shape (embed 128, depths 2-2-18-2, heads 4-8-16-32), NHWC images on our side
+    (NCHW on PyTorch's), loss = mean square of the last hidden state, drop path off like dropout."""
+    hf_config = transformers.SwinConfig(
+        image_size=side, embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32], window_size=7,
+        drop_path_rate=0.0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    config = SwinConfig.from_hf(hf_config.to_dict())
+    pixels = np.random.default_rng(0).normal(size=(batch, side, side, 3)).astype(np.float32)
+
+    x = jnp.asarray(pixels)
+    ours = jax_train_step(Swin(config, rngs=nnx.Rngs(0)), lambda m: jnp.mean(m(x).last_hidden_state ** 2))
+
+    torch_model = transformers.SwinModel(hf_config).train()
+    xt = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+    reference = torch_train_step(torch_model, lambda m: m(xt).last_hidden_state.pow(2).mean())
+
+    flops = 3.0 * batch * swin_forward_flops(config, (side, side))
+    return Workload(f"Swin (swin-base-patch4-window7, {batch} x {side}x{side}x3 images)", batch, flops, ours, reference)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--body", choices=["text"], default="text")
+    parser.add_argument("--body", choices=["text", "swin"], default="text")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--image-batch", type=int, default=2, help="Swin: images per step")
+    parser.add_argument("--image-size", type=int, default=224, help="Swin: image side in pixels")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     peak = matmul_peak()
     print(f"float32 matmul peak (best of JAX and PyTorch, 2048^3): {peak / 1e9:.1f} GFLOP/s")
-    workloads = {"text": lambda: text_workload(args.batch, args.length)}
+    workloads = {
+        "text": lambda: text_workload(args.batch, args.length),
+        "swin": lambda: swin_workload(args.image_batch, args.image_size),
+    }
     for name in [args.body]:
         w = workloads[name]()
         print(f"\n{w.name}: {w.flops / 1e9:.1f} GFLOP per train step")
