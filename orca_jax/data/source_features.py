@@ -37,7 +37,8 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from orca_jax.data.source_set import OFFICIAL_SOURCE_SIZE, SourceSet
-from orca_jax.data.sources import load_source, source_spec
+from orca_jax.data.sources import SOURCES, load_source, source_spec
+from orca_jax.models.pretrained import load_checkpoint
 from orca_jax.models.swin import Swin
 from orca_jax.models.text_encoder import TextEncoder
 from orca_jax.weights import read_config, resolve_checkpoint
@@ -73,7 +74,8 @@ def text_features(
     batch_size: int = 256,
     progress: bool = True,
 ) -> np.ndarray:
-    """float32 [N, width]: `body.embeddings` of each sentence (padded/truncated to max_length), mean over real tokens."""
+    """float32 [N, width]: `body.embeddings` of each sentence (padded/truncated to max_length), mean over its real
+    tokens."""
     encoded = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
     ids = encoded["input_ids"].astype(np.int32)
     mask = encoded["attention_mask"].astype(np.int32)
@@ -106,11 +108,18 @@ def image_features(body: Swin, images: np.ndarray, *, batch_size: int = 64, prog
         tokens, _ = nnx.merge(graphdef, state)(images)
         return jnp.mean(tokens.astype(jnp.float32), axis=1)
 
-    return _batched(lambda x: embed(state, x), [np.asarray(images, np.float32)], batch_size, "image features", progress)
+    images = np.asarray(images, np.float32)
+    return _batched(lambda x: embed(state, x), [images], batch_size, "image features", progress)
 
 
-def embed_source(body: TextEncoder | Swin, source: SourceSet, *, tokenizer=None, batch_size: int | None = None,
-                 progress: bool = True) -> np.ndarray:
+def embed_source(
+    body: TextEncoder | Swin,
+    source: SourceSet,
+    *,
+    tokenizer=None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> np.ndarray:
     """Source features of `source` under `body`; a text body needs its tokenizer."""
     batch = {} if batch_size is None else {"batch_size": batch_size}
     if isinstance(body, TextEncoder) and source.modality == "text":
@@ -119,10 +128,11 @@ def embed_source(body: TextEncoder | Swin, source: SourceSet, *, tokenizer=None,
         return text_features(body, tokenizer, source.inputs, progress=progress, **batch)
     if isinstance(body, Swin) and source.modality == "image":
         return image_features(body, source.inputs, progress=progress, **batch)
-    fitting = "text sources (python_docs, conll2003)" if isinstance(body, TextEncoder) else "image sources (digits, cifar10)"
+    modality = "text" if isinstance(body, TextEncoder) else "image"
+    fitting = sorted(name for name, spec in SOURCES.items() if spec.modality == modality)
     raise ValueError(
         f"Source {source.name!r} is a {source.modality} source, which a {type(body).__name__} body cannot embed; "
-        f"use one of the {fitting}."
+        f"use one of the {modality} sources {fitting}."
     )
 
 
@@ -216,12 +226,14 @@ def load_or_compute(
     data_dir: str | os.PathLike | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    body: TextEncoder | Swin | None = None,
 ) -> SourceFeatures:
     """Source features of `source` under the body of `checkpoint` (hub id or snapshot directory), cached.
 
     Returns float32 features [N, D] and int32 labels [N] of the first `size` source examples after a shuffle
-    seeded by `seed` (fewer if the source is smaller). The body is loaded only on a cache miss. `data_dir` is the
-    tensorflow-datasets data directory for the tfds sources.
+    seeded by `seed` (fewer if the source is smaller). On a cache miss the body is loaded from `checkpoint`, unless
+    `body` passes it already loaded (it must be that checkpoint's body: the cache is keyed on `checkpoint`).
+    `data_dir` is the tensorflow-datasets data directory for the tfds sources.
     """
     key = cache_key(checkpoint, source, size=size, seed=seed)
     npz_path, json_path = cache_paths(key, cache_dir)
@@ -229,12 +241,11 @@ def load_or_compute(
     if cached is not None:
         return cached
 
-    from orca_jax.models.pretrained import load_checkpoint
-
-    body = load_checkpoint(checkpoint).model
+    if body is None:
+        body = load_checkpoint(checkpoint).model
     tokenizer = None
     if isinstance(body, TextEncoder):
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # slow to import; only a text body on a cache miss needs it
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(checkpoint))
     source_set = load_source(source, size=size, seed=seed, data_dir=data_dir)

@@ -35,7 +35,9 @@ def subset_indices(available: int, size: int | None, rng: np.random.Generator, n
     A source smaller than `size` is used whole, with a warning, so that one config (size 5,000) fits every source.
     """
     if size is not None and size < 1:
-        raise ValueError(f"size={size} must be a positive number of source examples (official: {OFFICIAL_SOURCE_SIZE}).")
+        raise ValueError(
+            f"size={size} must be a positive number of source examples (official: {OFFICIAL_SOURCE_SIZE})."
+        )
     if size is not None and size > available:
         log.warning("Source %r has %d examples; using all of them instead of size=%d.", name, available, size)
     return rng.permutation(available)[:size]

@@ -120,8 +120,8 @@ def python_docs_sentences() -> tuple[tuple[str, ...], np.ndarray]:
     """All python_docs sentences in their deterministic order, and their int32 package labels."""
     per_package = []
     for package in PYTHON_DOCS_PACKAGES:
-        sentences = (s for path in _package_files(package) for doc in _docstrings(path) for s in docstring_sentences(doc))
-        per_package.append(list(dict.fromkeys(sentences)))
+        docs = (doc for path in _package_files(package) for doc in _docstrings(path))
+        per_package.append(list(dict.fromkeys(s for doc in docs for s in docstring_sentences(doc))))
     packages_per_sentence = collections.Counter(s for sentences in per_package for s in sentences)
     texts, labels = [], []
     for label, sentences in enumerate(per_package):

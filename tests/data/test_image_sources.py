@@ -27,12 +27,12 @@ def test_augment_is_a_seeded_padded_crop_and_flip():
     padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
     flips, shifted = 0, 0
     for i in range(len(images)):
+        crops = {(top, left): padded[i, top : top + 32, left : left + 32] for top in range(9) for left in range(9)}
         matches = [
             (top, left, flip)
-            for top in range(9)
-            for left in range(9)
+            for (top, left), crop in crops.items()
             for flip in (False, True)
-            if np.array_equal(out[i], (lambda c: c[:, ::-1] if flip else c)(padded[i, top : top + 32, left : left + 32]))
+            if np.array_equal(out[i], crop[:, ::-1] if flip else crop)
         ]
         assert len(matches) == 1
         top, left, flip = matches[0]
@@ -57,7 +57,7 @@ def test_cifar10_source_from_tfds_format_examples():
     # Image i is one flat colour; its label is i % 10; the centre pixel survives any crop.
     colours = rng.integers(1, 255, (n, 3)).astype(np.uint8)
     examples = [
-        {"id": f"train_{i}".encode(), "image": np.broadcast_to(colours[i], (32, 32, 3)).copy(), "label": np.int64(i % 10)}
+        {"id": f"train_{i}".encode(), "image": np.full((32, 32, 3), colours[i]), "label": np.int64(i % 10)}
         for i in range(n)
     ]
     images, labels = cifar10_arrays(examples)

@@ -72,6 +72,9 @@ def test_cache_round_trip_and_keys(swin, tmp_path):
     assert not first.from_cache and first.features.shape == (40, 16) and first.labels.dtype == np.int32
     again = load_or_compute(path, "digits", size=40, seed=0, cache_dir=cache, progress=False)
     assert again.from_cache and again.path == first.path
+    preloaded = load_or_compute(path, "digits", size=40, seed=0, cache_dir=tmp_path / "fresh", progress=False,
+                                body=load_checkpoint(path).model)
+    assert not preloaded.from_cache and np.array_equal(preloaded.features, first.features)
     assert np.array_equal(again.features, first.features) and np.array_equal(again.labels, first.labels)
     metadata = json.loads(first.path.with_suffix(".json").read_text())
     assert metadata["num_examples"] == 40 and metadata["dim"] == 16 and metadata["key"]["source"] == "digits"
@@ -108,7 +111,7 @@ def test_interrupted_write_leaves_nothing(swin, tmp_path, monkeypatch):
 
 
 def test_source_must_fit_the_body(swin, tmp_path):
-    with pytest.raises(ValueError, match="text source.*image sources"):
+    with pytest.raises(ValueError, match=r"text source.*image sources \['cifar10', 'digits'\]"):
         load_or_compute(swin[0], "python_docs", size=10, cache_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="Unknown source set 'cifar100'.*known"):
         load_or_compute(swin[0], "cifar100", cache_dir=tmp_path)

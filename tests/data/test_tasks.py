@@ -14,7 +14,8 @@ def test_mnist1d():
     state = np.random.get_state()[1].copy()
     task = load_task("mnist1d", seed=0)
     assert np.array_equal(np.random.get_state()[1], state)  # make_dataset's global seeding is undone
-    assert task.train.x.shape == (3600, 40, 1) and task.val.x.shape == (400, 40, 1) and task.test.x.shape == (1000, 40, 1)
+    assert task.train.x.shape == (3600, 40, 1) and task.val.x.shape == (400, 40, 1)
+    assert task.test.x.shape == (1000, 40, 1)
     assert task.train.x.dtype == np.float32 and task.train.y.dtype == np.int32
     assert task.num_classes == 10 and task.layout == "NLC" and task.kind == "classification"
     assert task.input_shape == (40, 1)

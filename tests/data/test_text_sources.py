@@ -1,4 +1,5 @@
-"""Text source sets: python_docs is deterministic and sane; CoNLL-2003 sentences and labels from tfds-format examples."""
+"""Text source sets: python_docs is deterministic and sane; CoNLL-2003 sentences and labels from tfds-format
+examples."""
 
 import logging
 
