@@ -1,0 +1,42 @@
+"""The config schema every `configs/*.py` file starts from (ml_collections), with the official defaults.
+
+Sections: `task`, `body`, `embedder`, `source` (the proxy source set for alignment), `align`, `optimizer` (the
+fine-tuning optimizer; the align stage uses its family at 10x its learning rate), `refine`, `mesh`. A field that a
+config file or the command line sets but the schema lacks is an error (configs are locked), so a typo cannot
+silently fall back to a default.
+"""
+
+from ml_collections import ConfigDict
+
+
+def base_config() -> ConfigDict:
+    c = ConfigDict()
+    c.seed = 0
+    c.batch_size = 32  # the task's batch size; the align stage also uses it (see train/align.py)
+    c.task = ConfigDict(dict(name="mnist1d", val_fraction=0.1))
+    # checkpoint: a hub id or a snapshot directory; dtype: float32 or bfloat16 parameters.
+    c.body = ConfigDict(dict(checkpoint="roberta-base", dtype="float32"))
+    # target_seq_len: most tokens a 1D input becomes (official default 512); antialias: 2D resize (see embedders).
+    c.embedder = ConfigDict(dict(target_seq_len=512, antialias=False))
+    # name: python_docs (offline) or conll2003 for text bodies, cifar10 or digits (offline) for Swin.
+    # cache_dir "" = ~/.cache/orca_jax/source_features; data_dir "" = tensorflow-datasets' default.
+    c.source = ConfigDict(dict(name="conll2003", size=5000, seed=0, cache_dir="", data_dir=""))
+    c.align = ConfigDict(
+        dict(
+            epochs=60,  # optimizer steps (one per epoch over all target classes); 0 skips the stage
+            objective="otdd-exact",  # otdd-exact | otdd-gaussian | mmd
+            solver="annealed",  # annealed (official geomloss schedule) | converged
+            epsilon=0.1,
+            maxsamples=256,
+            lr_multiplier=10.0,
+            milestones=(20, 40, 60),
+            gamma=0.2,
+            checkpoint_every=10,
+        )
+    )
+    c.optimizer = ConfigDict(
+        dict(name="adamw", learning_rate=1e-4, weight_decay=0.0, momentum=0.9, b1=0.9, b2=0.98, eps=1e-8)
+    )
+    c.refine = ConfigDict(dict(epochs=0))  # the refine stage extends this section
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1))
+    return c

@@ -1,0 +1,33 @@
+"""Runs ORCA from a config file: `python scripts/train.py --config=configs/X.py[:variant] --workdir=DIR`.
+
+Override any field with `--config.<field>=<value>` (e.g. `--config.align.epochs=10`); a mistyped field is an
+error. Re-running with the same workdir resumes what a previous, interrupted run left there.
+"""
+
+import json
+import logging
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from orca_jax.parallel import initialize_distributed
+from orca_jax.pipeline import run
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the summary.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    # orca-jax's own progress at INFO; libraries (orbax logs every checkpoint file operation) at WARNING.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("orca_jax").setLevel(logging.INFO)
+    initialize_distributed()
+    summary = run(_CONFIG.value, _WORKDIR.value)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)
