@@ -66,7 +66,7 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
     if config.align.epochs > 0:
         source = load_or_compute(
             config.body.checkpoint, config.source.name, size=config.source.size, seed=config.source.seed,
-            cache_dir=config.source.cache_dir or None, data_dir=config.source.data_dir or None,
+            cache_dir=config.source.cache_dir or None, data_dir=config.source.data_dir or None, body=model.body,
         )
         width = model.embed(task.train.x[:1]).shape[-1]
         if source.features.shape[1] != width:
