@@ -17,7 +17,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from orca_jax.models import Swin, SwinConfig, from_pretrained, load_checkpoint
-from orca_jax.models.swin import block_window, relative_position_index, stage_windows
+from orca_jax.models.swin import WindowAttention, block_window, relative_position_index, stage_windows
 from orca_jax.parity import compare_with_transformers
 from orca_jax.parity.swin import compare_models, reference_encode
 from orca_jax.weights import WeightConversionError
@@ -89,6 +89,23 @@ def test_parity_with_transformers(tmp_path, hf_config, height, width):
     stages = len(hf_config["depths"])
     assert len(comparisons) == 2 * (stages + 1) + 2  # every stage as tokens and as a map, last state, pooled
     assert_parity(comparisons)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "window, side", [(7, 224), (12, 384)], ids=["hub-window7-224", "hub-window12-384"]
+)
+def test_parity_on_hub_geometry(tmp_path, window, side):
+    """The hub's geometries (patch 4, four stages, grids 56-28-14-7 or 96-48-24-12: the last stage equals the window)
+    at a small width; the classification layout as the hub's checkpoints have it."""
+    config = transformers.SwinConfig(
+        image_size=side, patch_size=4, embed_dim=8, depths=[2, 2, 4, 2], num_heads=[1, 2, 2, 4], window_size=window,
+        num_labels=3,
+    )
+    classifier = randomize(transformers.SwinForImageClassification(config))
+    model = from_pretrained(save(classifier, tmp_path))
+    assert [w for _, w, _ in stage_windows(model.config, (side, side))] == [window] * 4
+    assert_parity(compare_models(model, classifier.swin, images(1, side, side), prefix="images"))
 
 
 def test_multi_stage_parity_and_shapes(multi_stage):
@@ -276,14 +293,24 @@ def test_dropout_and_drop_path_only_with_rngs():
     config = SwinConfig(image_size=8, patch_size=2, embed_dim=8, depths=(2,), num_heads=(2,), window_size=4,
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, drop_path_rate=0.0)
     x = jnp.asarray(images(4, 8, 8))
-    model = Swin(config, rngs=nnx.Rngs(0))
-    eval_out = forward(model, x).last_hidden_state
-    np.testing.assert_array_equal(forward(model, x, nnx.Rngs(dropout=1)).last_hidden_state, eval_out)  # rates are 0
-    for rates in [dict(hidden_dropout_prob=0.2), dict(attention_probs_dropout_prob=0.2), dict(drop_path_rate=0.5)]:
+
+    @nnx.jit
+    def eval_and_train(model, rngs):
+        return model(x).last_hidden_state, model(x, rngs=rngs).last_hidden_state
+
+    eval_out, train = eval_and_train(Swin(config, rngs=nnx.Rngs(0)), nnx.Rngs(dropout=1))
+    np.testing.assert_array_equal(train, eval_out)  # all rates are 0
+    for rates in [dict(hidden_dropout_prob=0.2), dict(drop_path_rate=0.5)]:
         model = Swin(SwinConfig(**{**config.__dict__, **rates}), rngs=nnx.Rngs(0))
-        np.testing.assert_array_equal(forward(model, x).last_hidden_state, eval_out)  # same init, eval is deterministic
-        train = forward(model, x, nnx.Rngs(dropout=1)).last_hidden_state
+        evaluated, train = eval_and_train(model, nnx.Rngs(dropout=1))
+        np.testing.assert_array_equal(evaluated, eval_out)  # same initialisation; without rngs nothing is dropped
         assert not np.allclose(train, eval_out), rates
+    # Attention-probability dropout, on one attention module (each dropout site costs seconds of compilation).
+    attention_config = SwinConfig(**{**config.__dict__, "attention_probs_dropout_prob": 0.2})
+    attention = WindowAttention(8, 2, 4, attention_config, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    windows, bias = jnp.asarray(images(1, 1, 16, 8)), jnp.zeros((1, 2, 16, 16))
+    np.testing.assert_array_equal(attention(windows, bias, None), attention(windows, bias, None))
+    assert not np.allclose(attention(windows, bias, nnx.Rngs(dropout=1)), attention(windows, bias, None))
     assert config.drop_path_rates == (0.0, 0.0)
     deeper = SwinConfig(**{**config.__dict__, "depths": (2, 2), "num_heads": (2, 2), "drop_path_rate": 0.3})
     assert deeper.drop_path_rates == pytest.approx((0, 0.1, 0.2, 0.3))
