@@ -33,7 +33,8 @@ class ClassLayout:
     """Where each class's points are: ``members[k]`` indexes class k's points, padded; ``weights[k]`` is 1/n_k on
     real points and 0 on padding; ``index[i]`` is point i's class (0..K−1, classes sorted by label value).
 
-    A pytree of arrays, so a jitted function can take it as an argument; its shapes carry the class structure.
+    A pytree of (NumPy) arrays, so a jitted function can take it as an argument; its shapes carry the class
+    structure.
     """
 
     index: jax.Array
@@ -74,12 +75,12 @@ def class_layout(labels, name: str = "labels", min_count: int = 2) -> ClassLayou
         idx = np.flatnonzero(index == k)
         members[k, : len(idx)] = idx
         weights[k, : len(idx)] = 1.0 / len(idx)
-    return ClassLayout(jnp.asarray(index, jnp.int32), jnp.asarray(members), jnp.asarray(weights))
+    return ClassLayout(index.astype(np.int32), members, weights)
 
 
 def class_clouds(x: jax.Array, layout: ClassLayout) -> tuple[jax.Array, jax.Array]:
     """(K, n_max, D) padded class clouds and their (K, n_max) weights."""
-    return x[layout.members], layout.weights.astype(x.dtype)
+    return x[layout.members], jnp.asarray(layout.weights, x.dtype)
 
 
 def full_sq_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:

@@ -15,6 +15,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from orca_jax.ot import label_distances as ld
 from orca_jax.ot.sinkhorn import SinkhornSettings, bounding_box_diameter, sinkhorn_divergence
@@ -36,18 +37,17 @@ def check_features(x, name: str, dim: int | None = None, n: int | None = None) -
     return x
 
 
-def label_matrix(src_x, src_layout, tgt_x, tgt_layout, inner: str, settings: SinkhornSettings) -> jax.Array:
-    """W over source classes then target classes, [[W_ss, W_st], [W_tsᵀ, W_tt]], without gradient."""
-    src_x, tgt_x = jax.lax.stop_gradient(src_x), jax.lax.stop_gradient(tgt_x)
+def label_matrix(x, layout, inner: str, settings: SinkhornSettings) -> jax.Array:
+    """W between all classes of both datasets (features stacked, target classes numbered after the source's), as
+    one symmetric matrix [[W_ss, W_st], [W_tsᵀ, W_tt]] with a zero diagonal; a constant for the gradient.
+
+    Solving the K(K−1)/2 pairs of the union is exactly otdd's three blocks (source pairs, target pairs, cross
+    pairs), in one batched computation.
+    """
+    x = jax.lax.stop_gradient(x)
     if inner == "exact":
-        w_ss = ld.exact_label_distances_within(src_x, src_layout, settings)
-        w_tt = ld.exact_label_distances_within(tgt_x, tgt_layout, settings)
-        w_st = ld.exact_label_distances(src_x, src_layout, tgt_x, tgt_layout, settings)
-    else:
-        w_ss = ld.gaussian_label_distances_within(src_x, src_layout)
-        w_tt = ld.gaussian_label_distances_within(tgt_x, tgt_layout)
-        w_st = ld.gaussian_label_distances(src_x, src_layout, tgt_x, tgt_layout)
-    return jnp.block([[w_ss, w_st], [w_st.T, w_tt]])
+        return ld.exact_label_distances_within(x, layout, settings)
+    return ld.gaussian_label_distances_within(x, layout)
 
 
 def augmented_cost(w: jax.Array):
@@ -85,15 +85,17 @@ def otdd(src_x, src_y, tgt_x, tgt_y, *, inner: str = "exact", epsilon: float = 0
     tgt_layout = ld.class_layout(tgt_y, "tgt_y")
     src_x = check_features(src_x, "src_x", n=src_layout.index.shape[0])
     tgt_x = check_features(tgt_x, "tgt_x", dim=src_x.shape[1], n=tgt_layout.index.shape[0])
-    return _otdd(src_x, src_layout, tgt_x, tgt_layout, inner, settings)
+    joint = ld.class_layout(np.concatenate([np.asarray(src_layout.index),
+                                            np.asarray(tgt_layout.index) + src_layout.num_classes]))
+    return _otdd(src_x, tgt_x, joint, inner, settings)
 
 
-@functools.partial(jax.jit, static_argnums=(4, 5))
-def _otdd(src_x, src_layout, tgt_x, tgt_layout, inner, settings):
-    w = label_matrix(src_x, src_layout, tgt_x, tgt_layout, inner, settings)
-    k_src = src_layout.num_classes
-    a = jnp.full(src_x.shape[0], 1.0 / src_x.shape[0], src_x.dtype)
-    b = jnp.full(tgt_x.shape[0], 1.0 / tgt_x.shape[0], tgt_x.dtype)
-    diameter = dataset_diameter([(src_x, a), (tgt_x, b)], k_src + tgt_layout.num_classes)
-    return sinkhorn_divergence(augmented_cost(w), (src_x, src_layout.index), a, (tgt_x, tgt_layout.index + k_src),
-                               b, diameter=diameter, settings=settings)
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _otdd(src_x, tgt_x, joint, inner, settings):
+    n_src, n_tgt = src_x.shape[0], tgt_x.shape[0]
+    w = label_matrix(jnp.concatenate([src_x, tgt_x]), joint, inner, settings)
+    a = jnp.full(n_src, 1.0 / n_src, src_x.dtype)
+    b = jnp.full(n_tgt, 1.0 / n_tgt, tgt_x.dtype)
+    diameter = dataset_diameter([(src_x, a), (tgt_x, b)], joint.num_classes)
+    return sinkhorn_divergence(augmented_cost(w), (src_x, joint.index[:n_src]), a, (tgt_x, joint.index[n_src:]), b,
+                               diameter=diameter, settings=settings)

@@ -214,7 +214,10 @@ def _converged_cost(cost_matrix, a, b, diameter, settings):
     eps = _DecayingEpsilon(jnp.asarray(settings.epsilon, cost_matrix.dtype), init, decay)
     problem = linear_problem.LinearProblem(geometry.Geometry(cost_matrix=cost_matrix, epsilon=eps), a=a, b=b)
     inner = 10
-    min_iterations = -(-settings.annealing_iterations // inner) * inner
+    # OTT computes the error at the last iteration of each block of `inner` iterations, and only from
+    # `min_iterations` on; a block whose error was skipped reads as diverged and stops the loop. So the first
+    # check must fall on a block end after annealing has reached ε.
+    min_iterations = (settings.annealing_iterations // inner + 1) * inner - 1
     if settings.differentiation == "implicit":
         solver = sinkhorn.Sinkhorn(
             threshold=settings.threshold, max_iterations=max(settings.max_iterations, min_iterations),

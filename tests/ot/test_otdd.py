@@ -1,0 +1,172 @@
+"""OTDD against the official backend (geomloss, annealed) and an independent NumPy Sinkhorn (converged), its
+properties, and its gradients. Tiny datasets: every new shape compiles, and compiling dominates these tests."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from orca_jax.ot import SinkhornSettings, class_layout, exact_label_distances, gaussian_label_distances, otdd
+from orca_jax.ot.otdd import augmented_cost, dataset_diameter, label_matrix
+from orca_jax.ot.sinkhorn import sinkhorn_divergence
+from tests.ot import geomloss_reference, numpy_reference
+
+
+def labelled(seed, n, width, classes, scale=1.0, shift=0.0, first_label=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes + first_label
+    rng.shuffle(y)
+    centres = rng.normal(size=(classes, width)) * scale
+    x = centres[y - first_label] + rng.normal(size=(n, width)) * scale * 0.7 + shift
+    return x, y
+
+
+# Unequal sizes, different class counts, label ids that are neither 0-based nor contiguous.
+DATASETS = [
+    (labelled(0, 24, 3, 2, scale=0.6), labelled(1, 18, 3, 3, scale=0.5, shift=0.3, first_label=7)),
+    (labelled(2, 30, 5, 3, scale=0.4), labelled(3, 21, 5, 2, scale=0.6, first_label=3)),
+]
+CONVERGED = SinkhornSettings(solver="converged", threshold=1e-8, max_iterations=20000)
+
+
+def converged_case(case):
+    """DATASETS[case] at a third of the scale: at ε = 0.1 Sinkhorn then converges in tens of iterations, not
+    thousands, which keeps the reference and the finite differences fast."""
+    (sx, sy), (tx, ty) = DATASETS[case]
+    return (sx / 3, sy), (tx / 3, ty)
+
+
+def cosine(u, v):
+    u, v = np.ravel(u), np.ravel(v)
+    return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
+
+
+@pytest.mark.parametrize("case", range(len(DATASETS)))
+def test_annealed_matches_geomloss_value_and_gradient(case):
+    (sx, sy), (tx, ty) = DATASETS[case]
+    with jax.enable_x64(True):
+        value, (g_src, g_tgt) = jax.value_and_grad(lambda a, b: otdd(a, sy, b, ty), argnums=(0, 1))(sx, tx)
+    src = torch.tensor(sx, requires_grad=True)
+    tgt = torch.tensor(tx, requires_grad=True)
+    reference = geomloss_reference.otdd(src, torch.tensor(sy), tgt, torch.tensor(ty))
+    reference.backward()
+    assert abs(float(value) / reference.item() - 1) <= 1e-5
+    assert cosine(g_src, src.grad.numpy()) >= 0.9999
+    assert cosine(g_tgt, tgt.grad.numpy()) >= 0.9999
+
+
+def test_annealed_matches_geomloss_in_float32_under_jit():
+    (sx, sy), (tx, ty) = DATASETS[0]
+    sx, tx = sx.astype(np.float32), tx.astype(np.float32)
+    value, (g_src, g_tgt) = jax.jit(jax.value_and_grad(lambda a, b: otdd(a, sy, b, ty), argnums=(0, 1)))(sx, tx)
+    src = torch.tensor(sx, requires_grad=True)
+    tgt = torch.tensor(tx, requires_grad=True)
+    reference = geomloss_reference.otdd(src, torch.tensor(sy), tgt, torch.tensor(ty))
+    reference.backward()
+    assert abs(float(value) / reference.item() - 1) <= 1e-5
+    assert cosine(g_src, src.grad.numpy()) >= 0.9999
+    assert cosine(g_tgt, tgt.grad.numpy()) >= 0.9999
+
+
+@pytest.mark.parametrize("case", range(len(DATASETS)))
+def test_converged_matches_numpy_reference(case):
+    (sx, sy), (tx, ty) = converged_case(case)
+    with jax.enable_x64(True):
+        value = float(otdd(sx, sy, tx, ty, settings=CONVERGED))
+    assert abs(value / numpy_reference.otdd(sx, sy, tx, ty) - 1) <= 1e-3
+
+
+@pytest.mark.slow
+def test_converged_label_distances_match_numpy_reference():
+    (sx, sy), (tx, ty) = converged_case(1)
+    with jax.enable_x64(True):
+        got = exact_label_distances(jnp.asarray(sx), class_layout(sy), jnp.asarray(tx), class_layout(ty), CONVERGED)
+    np.testing.assert_allclose(got, numpy_reference.label_distances(sx, sy, tx, ty), rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_properties_identity_symmetry_label_permutation():
+    (sx, sy), (tx, ty) = DATASETS[0]
+    with jax.enable_x64(True):
+        d = float(otdd(sx, sy, tx, ty))
+        assert abs(float(otdd(sx, sy, sx, sy + 100))) <= 1e-6 * d
+        assert float(otdd(tx, ty, sx, sy)) == pytest.approx(d, rel=1e-6)
+        permuted = np.array([5, 2])[sy]  # label ids renamed and reordered
+        assert float(otdd(sx, permuted, tx, ty)) == pytest.approx(d, rel=1e-6)
+
+
+def test_gaussian_inner_equals_closed_form():
+    (sx, sy), (tx, ty) = DATASETS[1]
+    with jax.enable_x64(True):
+        got = np.asarray(gaussian_label_distances(jnp.asarray(sx), class_layout(sy), jnp.asarray(tx),
+                                                  class_layout(ty)))
+    for i, a in enumerate(np.unique(sy)):
+        for j, b in enumerate(np.unique(ty)):
+            xa, xb = sx[sy == a], tx[ty == b]
+            ca, cb = np.cov(xa.T), np.cov(xb.T)
+            root = scipy.linalg.sqrtm(ca).real
+            cross = scipy.linalg.sqrtm(root @ cb @ root).real
+            expected = np.sum((xa.mean(0) - xb.mean(0)) ** 2) + np.trace(ca + cb - 2 * cross)
+            assert got[i, j] == pytest.approx(expected, rel=1e-6)
+
+
+def frozen_label_otdd(case, settings):
+    """OTDD as a function of the target features with the label distances frozen at their current value: the
+    function whose gradient otdd returns (the label distances are constants, as in the official code)."""
+    (sx, sy), (tx, ty) = converged_case(case)
+    joint = class_layout(np.r_[sy, ty + 100])
+    w = label_matrix(jnp.concatenate([sx, tx]), joint, "exact", settings)
+    a, b = np.full(len(sx), 1 / len(sx)), np.full(len(tx), 1 / len(tx))
+
+    def f(t):
+        diameter = dataset_diameter([(sx, a), (t, b)], joint.num_classes)
+        return sinkhorn_divergence(augmented_cost(w), (sx, joint.index[: len(sx)]), a, (t, joint.index[len(sx):]),
+                                   b, diameter=diameter, settings=settings)
+
+    return f, tx
+
+
+@pytest.mark.slow
+def test_converged_gradient_matches_finite_differences_and_otdd():
+    with jax.enable_x64(True):
+        f, tx = frozen_label_otdd(0, CONVERGED)
+        f = jax.jit(f)
+        grad = np.asarray(jax.grad(f)(tx))
+        (sx, sy), (_, ty) = converged_case(0)
+        np.testing.assert_allclose(jax.grad(lambda t: otdd(sx, sy, t, ty, settings=CONVERGED))(tx), grad,
+                                   rtol=1e-6, atol=1e-12)
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            direction = rng.normal(size=tx.shape)
+            h = 1e-5
+            numeric = (float(f(tx + h * direction)) - float(f(tx - h * direction))) / (2 * h)
+            assert np.sum(grad * direction) == pytest.approx(numeric, rel=1e-4, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_converged_implicit_and_unrolled_gradients_agree():
+    unrolled = SinkhornSettings(solver="converged", threshold=1e-8, max_iterations=3000, differentiation="unrolled")
+    with jax.enable_x64(True):
+        f_implicit, tx = frozen_label_otdd(0, CONVERGED)
+        f_unrolled, _ = frozen_label_otdd(0, unrolled)
+        np.testing.assert_allclose(jax.grad(f_implicit)(tx), jax.grad(f_unrolled)(tx), rtol=1e-5, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda sx, sy, tx, ty: otdd(sx, sy, tx[:, :2], ty), "feature width 2"),
+        (lambda sx, sy, tx, ty: otdd(sx, sy[:-1], tx, ty), "labels have 23"),
+        (lambda sx, sy, tx, ty: otdd(sx, sy, tx, np.r_[ty[:-1], 99]), r"class\(es\) \[99\]"),
+        (lambda sx, sy, tx, ty: otdd(sx, sy, tx, ty, epsilon=0.0), "epsilon=0.0"),
+        (lambda sx, sy, tx, ty: otdd(sx, sy, tx, ty, solver="exact"), "solver='exact'"),
+        (lambda sx, sy, tx, ty: otdd(sx, sy, tx, ty, inner="bures"), "inner='bures'"),
+        (lambda sx, sy, tx, ty: otdd(sx, sy.astype(float), tx, ty), "integer array"),
+        (lambda sx, sy, tx, ty: jax.jit(lambda y: otdd(sx, y, tx, ty))(sy), "close over it"),
+    ],
+)
+def test_bad_input_is_an_error_that_names_it(call, match):
+    (sx, sy), (tx, ty) = DATASETS[0]
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(sx, sy, tx, ty)
