@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
@@ -19,6 +20,7 @@ from orca_jax.models import from_pretrained
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
 from orca_jax.models.orca import ClassificationHead, OrcaModel
 from orca_jax.models.swin import Swin
+from orca_jax.ot import pseudo_labels
 from orca_jax.parallel import make_mesh
 from orca_jax.train.align import run_align
 
@@ -54,6 +56,14 @@ def build_model(config: ConfigDict, task: Task) -> OrcaModel:
     return OrcaModel(embedder, body, ClassificationHead(width, task.num_classes, dtype=dtype, rngs=rngs))
 
 
+def align_labels(task: Task, seed: int) -> np.ndarray:
+    """Class ids for the align stage: the labels of a classification task; otherwise (dense outputs, multi-label
+    targets) k-means pseudo-labels, k = 10, of the flattened targets, as the official code does."""
+    if task.kind == "classification":
+        return task.train.y
+    return pseudo_labels(task.train.y, num_clusters=10, seed=seed)
+
+
 def run(config: ConfigDict, workdir: str | Path) -> dict:
     """Runs the configured stages in `workdir` (resuming what is there) and returns the summary it also saves."""
     workdir = Path(workdir)
@@ -75,7 +85,8 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
                 f"{width}: they were computed for another body."
             )
         result = run_align(
-            model, task.train.x, task.train.y, (source.features, source.labels), config.align, config.optimizer,
+            model, task.train.x, align_labels(task, config.seed), (source.features, source.labels), config.align,
+            config.optimizer,
             batch_size=config.batch_size, mesh=mesh, workdir=workdir, seed=config.seed,
         )
         summary["align"] = {

@@ -63,3 +63,24 @@ def test_command_line_rejects_a_mistyped_override(tmp_path):
 def test_unknown_variant_is_named():
     with pytest.raises(ValueError, match="Unknown variant 'tiny'"):
         load_config("mnist1d", "tiny")
+
+
+def test_align_labels_are_pseudo_labels_for_tasks_without_classes():
+    import dataclasses
+
+    import numpy as np
+
+    from orca_jax.data.tasks import Split, load_task
+    from orca_jax.pipeline import align_labels
+
+    task = load_task("mnist1d")
+    np.testing.assert_array_equal(align_labels(task, 0), task.train.y)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(10, 6)) * 10
+    targets = centres[np.arange(400) % 10] + rng.normal(size=(400, 6))  # dense regression targets, 10 clusters
+    dense = dataclasses.replace(task, train=Split(task.train.x[:400], targets.astype(np.float32)), kind="regression")
+    labels = align_labels(dense, 0)
+    assert labels.shape == (400,) and len(np.unique(labels)) == 10
+    # k-means recovers the clusters: examples of one centre share one pseudo-label.
+    for c in range(10):
+        assert len(np.unique(labels[np.arange(400) % 10 == c])) == 1

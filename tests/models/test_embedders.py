@@ -1,0 +1,121 @@
+"""ORCA's embedders: the official stride rule, output shapes, and initialisation copied from the body."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from orca_jax.models import TextEncoder, TextEncoderConfig
+from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder, stacking_factor, tile_channels
+from orca_jax.models.orca import ClassificationHead, OrcaModel
+from orca_jax.models.swin import Swin, SwinConfig
+
+
+def text_body(width=16, positions=40, roberta=True):
+    config = TextEncoderConfig(vocab_size=11, hidden_size=width, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=2 * width, max_position_embeddings=positions, pad_token_id=1,
+                               padding_offset_positions=roberta, layer_norm_eps=1e-5)
+    body = TextEncoder(config, rngs=nnx.Rngs(0))
+    # Distinctive norm parameters, so copying them is visible.
+    body.embeddings.norm.scale.set_value(jnp.linspace(0.5, 1.5, width))
+    body.embeddings.norm.bias.set_value(jnp.linspace(-0.2, 0.2, width))
+    return body
+
+
+@pytest.mark.parametrize(
+    "length, target, stride",
+    [(1000, 64, 20), (1000, 512, 2), (46, 512, 1), (256, 128, 2), (97, 10, 97), (1024, 512, 2), (40, 40, 1)],
+)
+def test_stacking_factor_is_the_smallest_divisor_that_fits(length, target, stride):
+    assert stacking_factor(length, target) == stride  # ECG, DeepSEA, Satellite, Advection, a prime, Burgers, mnist1d
+
+
+@pytest.mark.parametrize("length, channels, target, tokens", [(40, 1, 40, 40), (1000, 4, 512, 500), (60, 3, 16, 15)])
+def test_sequence_embedder_shapes(length, channels, target, tokens):
+    body = text_body(positions=520)
+    embedder = SequenceEmbedder.from_body(body, channels, length, target_seq_len=target, rngs=nnx.Rngs(1))
+    out = embedder(jnp.ones((2, length, channels)))
+    assert out.shape == (2, tokens, 16)
+    assert embedder.projection.kernel.shape == (length // tokens, channels, 16)
+
+
+def test_sequence_embedder_copies_positions_and_norm_and_adds_positions_after_the_norm():
+    body = text_body()
+    embedder = SequenceEmbedder.from_body(body, 2, 12, target_seq_len=6, rngs=nnx.Rngs(1))
+    np.testing.assert_array_equal(embedder.position.embedding[...], body.embeddings.position.embedding[...])
+    np.testing.assert_array_equal(embedder.norm.scale[...], body.embeddings.norm.scale[...])
+    np.testing.assert_array_equal(embedder.norm.bias[...], body.embeddings.norm.bias[...])
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 12, 2)), jnp.float32)
+    tokens = embedder.projection(x)
+    mean = tokens.mean(-1, keepdims=True)
+    normed = (tokens - mean) / jnp.sqrt(tokens.var(-1, keepdims=True) + 1e-5) * embedder.norm.scale[...]
+    expected = normed + embedder.norm.bias[...] + body.embeddings.position.embedding[2:8]  # RoBERTa: from 2
+    np.testing.assert_allclose(embedder(x), expected, atol=1e-5)
+
+
+def test_no_alignment_ablation_keeps_positions_but_resets_the_norm():
+    body = text_body(roberta=False)
+    embedder = SequenceEmbedder.from_body(body, 1, 8, target_seq_len=8, init_from_body=False, rngs=nnx.Rngs(1))
+    np.testing.assert_array_equal(embedder.position.embedding[...], body.embeddings.position.embedding[...])
+    np.testing.assert_array_equal(embedder.norm.scale[...], np.ones(16))
+    assert embedder.first_position == 0  # BERT counts positions from 0
+
+
+def test_too_many_tokens_for_the_position_table():
+    with pytest.raises(ValueError, match="lower target_seq_len"):
+        SequenceEmbedder.from_body(text_body(positions=20), 1, 64, target_seq_len=64, rngs=nnx.Rngs(0))
+
+
+def test_channels_first_input_is_rejected_with_the_fix():
+    embedder = SequenceEmbedder.from_body(text_body(), 3, 12, target_seq_len=12, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"transpose\(0, 2, 1\)"):
+        embedder(jnp.ones((2, 3, 12)))
+
+
+def swin_body():
+    config = SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(2, 2), window_size=4)
+    return Swin(config, rngs=nnx.Rngs(0))
+
+
+def test_tile_channels_repeats_rgb_then_cuts():
+    kernel = np.arange(2 * 2 * 3 * 1).reshape(2, 2, 3, 1).astype(np.float32)
+    tiled = np.asarray(tile_channels(kernel, 7))
+    assert tiled.shape == (2, 2, 7, 1)
+    np.testing.assert_array_equal(tiled[:, :, [0, 3, 6]], np.repeat(kernel[:, :, :1], 3, axis=2))
+    np.testing.assert_array_equal(tiled[:, :, 4], kernel[:, :, 1])
+    np.testing.assert_array_equal(np.asarray(tile_channels(kernel, 1)), kernel[:, :, :1])
+
+
+@pytest.mark.parametrize("channels, size", [(1, (8, 8)), (5, (40, 24)), (3, (32, 32))])
+def test_image_embedder_resizes_and_copies_the_patch_embedding(channels, size):
+    body = swin_body()
+    embedder = ImageEmbedder.from_body(body, channels, rngs=nnx.Rngs(1))
+    np.testing.assert_array_equal(embedder.projection.kernel[...],
+                                  tile_channels(body.embeddings.projection.kernel[...], channels))
+    np.testing.assert_array_equal(embedder.projection.bias[...], body.embeddings.projection.bias[...])
+    np.testing.assert_array_equal(embedder.norm.scale[...], body.embeddings.norm.scale[...])
+    tokens, grid = embedder(jnp.ones((2, *size, channels)))
+    assert grid == (8, 8) and tokens.shape == (2, 64, 8)
+
+
+def test_image_embedder_on_rgb_at_the_body_size_equals_the_body_embedding():
+    body = swin_body()
+    embedder = ImageEmbedder.from_body(body, 3, rngs=nnx.Rngs(1))
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+    ours, grid = embedder(images)
+    theirs, their_grid = body.embeddings(images)
+    assert grid == their_grid
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_orca_model_features_and_logits():
+    body = text_body()
+    rngs = nnx.Rngs(2)
+    model = OrcaModel(SequenceEmbedder.from_body(body, 1, 12, target_seq_len=6, rngs=rngs), body,
+                      ClassificationHead(16, 4, rngs=rngs))
+    x = jnp.ones((3, 12, 1))
+    assert model.features(x).shape == (3, 16)
+    np.testing.assert_allclose(model.features(x), model.embed(x).mean(1), atol=1e-6)
+    assert model(x).shape == (3, 4)
+    with pytest.raises(TypeError, match="does not fit"):
+        OrcaModel(ImageEmbedder.from_body(swin_body(), 1, rngs=rngs), body, ClassificationHead(16, 4, rngs=rngs))
