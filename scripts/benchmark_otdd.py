@@ -25,12 +25,12 @@ import numpy as np  # noqa: E402
 from orca_jax.ot import OTDDLoss  # noqa: E402
 
 
-def data(n_src, n_tgt, width, classes, seed=0):
+def data(n_src, n_tgt, width, classes, scale, seed=0):
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, width)).astype(np.float32) * 0.5
+    centres = rng.normal(size=(classes, width)) * 0.5
     src_y = np.arange(n_src) % classes
-    src_x = (centres[src_y] + rng.normal(size=(n_src, width))).astype(np.float32)
-    tgt_x = (rng.normal(size=(n_tgt, width)) * 0.8 + 0.1).astype(np.float32)
+    src_x = ((centres[src_y] + rng.normal(size=(n_src, width))) * scale).astype(np.float32)
+    tgt_x = ((rng.normal(size=(n_tgt, width)) * 0.8 + 0.1) * scale).astype(np.float32)
     return src_x, src_y, tgt_x
 
 
@@ -84,6 +84,8 @@ def main():
     p.add_argument("--targets", default="64,160,512", help="target class sizes")
     p.add_argument("--source", type=int, default=5000)
     p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="feature scale; at 1 (unit-scale) 'converged' needs thousands of iterations, at 0.1 tens")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ref-repeats", type=int, default=1)
     p.add_argument("--no-reference", action="store_true")
@@ -98,13 +100,13 @@ def main():
     solvers = ["annealed"] + ([] if args.no_converged else ["converged"])
     cases = [(w, n) for w in widths for n in targets]
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {os.cpu_count()} CPU cores; "
-          f"source {args.source} points in {args.classes} classes")
+          f"source {args.source} points in {args.classes} classes, feature scale {args.scale}")
     header = f"{'width':>5} {'target':>6} | " + " | ".join(f"{s:>9} s/call" for s in solvers)
     header += " | reference s/call | ratio (annealed) | ratio (converged)" if not args.no_reference else ""
     rows = []
     for i, (width, n_tgt) in enumerate(cases, 1):
         print(f"[{i}/{len(cases)}] width {width}, target class of {n_tgt} ...", flush=True)
-        src_x, src_y, tgt_x = data(args.source, n_tgt, width, args.classes)
+        src_x, src_y, tgt_x = data(args.source, n_tgt, width, args.classes, args.scale)
         row = {"width": width, "target": n_tgt}
         for solver in solvers:
             per_call, warm, build = ours(src_x, src_y, tgt_x, solver, args.repeats)
@@ -129,7 +131,7 @@ def main():
         width, n_tgt = widths[0], targets[len(targets) // 2]
         print(f"\nScaling with the source size (ours, annealed, width {width}, target class of {n_tgt}):")
         for n_src in sizes:
-            src_x, src_y, tgt_x = data(n_src, n_tgt, width, args.classes)
+            src_x, src_y, tgt_x = data(n_src, n_tgt, width, args.classes, args.scale)
             per_call, _, build = ours(src_x, src_y, tgt_x, "annealed", args.repeats)
             print(f"  {n_src:>6} source points: {per_call:.4f} s/call, cache build {build:.1f} s", flush=True)
 

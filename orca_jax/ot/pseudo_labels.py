@@ -17,12 +17,12 @@ def pseudo_labels(targets, num_clusters: int = 10, seed: int = 0) -> np.ndarray:
     Memory: the flattened targets are held as one float32 (samples, prod(rest)) array; subsample very large dense
     targets (e.g. PSICOV's 512×512 maps) before calling.
     """
+    if num_clusters < 1:
+        raise ValueError(f"num_clusters={num_clusters} must be >= 1 (ORCA uses 10).")
     y = np.asarray(targets)
     if y.ndim == 0 or y.shape[0] < num_clusters:
         raise ValueError(f"targets has shape {y.shape}: need at least num_clusters={num_clusters} samples along "
                          "the first axis.")
-    if num_clusters < 1:
-        raise ValueError(f"num_clusters={num_clusters} must be >= 1 (ORCA uses 10).")
     flat = y.reshape(y.shape[0], -1).astype(np.float32)
     if flat.shape[0] <= FULL_KMEANS_MAX_SAMPLES:
         _, labels, _ = k_means(flat, num_clusters, random_state=seed, n_init="auto")
