@@ -31,8 +31,9 @@ def otdd(x1, y1, x2, y2, entreg=0.1):
     k1 = len(torch.unique(y1))
     y1 = torch.unique(y1, return_inverse=True)[1]
     y2 = torch.unique(y2, return_inverse=True)[1] + k1
-    w = torch.cat([torch.cat([label_distances(x1, y1), label_distances(x1, y1, x2, y2)], 1),
-                   torch.cat([label_distances(x1, y1, x2, y2).T, label_distances(x2, y2)], 1)], 0)
+    cross = label_distances(x1, y1, x2, y2)
+    w = torch.cat([torch.cat([label_distances(x1, y1), cross], 1),
+                   torch.cat([cross.T, label_distances(x2, y2)], 1)], 0)
 
     def cost(z1, z2):
         l1, l2 = z1[:, :, -1].long(), z2[:, :, -1].long()
