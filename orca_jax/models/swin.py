@@ -377,7 +377,8 @@ class Swin(nnx.Module):
         rngs: nnx.Rngs | None = None,
     ) -> SwinOutput:
         """Runs the stages on embedded patch tokens `[batch, height * width, embed_dim]` (row-major over the grid
-        `(height, width)`), skipping the patch embedding, then the final norm and mean pooling."""
+        `(height, width)`, Python ints: shapes are static under jit), skipping the patch embedding, then the final
+        norm and mean pooling. Tokens are cast to the parameters' dtype."""
         height, width = (int(g) for g in grid)
         embed_dim = self.config.embed_dim
         if tokens.ndim != 3 or tokens.shape[1] != height * width or tokens.shape[2] != embed_dim:
@@ -385,7 +386,7 @@ class Swin(nnx.Module):
                 f"Expected patch tokens of shape [batch, {height}*{width}={height * width}, {embed_dim}] for grid "
                 f"{(height, width)}, got {tokens.shape}."
             )
-        x = tokens.reshape(tokens.shape[0], height, width, embed_dim)
+        x = tokens.reshape(tokens.shape[0], height, width, embed_dim).astype(self.layernorm.scale.dtype)
         maps = [x]
         for stage in self.layers:
             x = stage(x, rngs)
