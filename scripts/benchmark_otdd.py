@@ -34,17 +34,21 @@ def data(n_src, n_tgt, width, classes, scale, seed=0):
     return src_x, src_y, tgt_x
 
 
-def timed(fn, repeats):
-    """Median wall time of ``repeats`` calls after one warm-up (compilation) call; returns (median, warm-up)."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    warm = time.perf_counter() - t0
+def best_time(fn, repeats):
+    """Best wall time of ``repeats`` calls: on a shared machine other jobs only ever add time."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t0)
-    return float(np.median(times)), warm
+    return min(times)
+
+
+def timed(fn, repeats):
+    """(best time per call, time of the first call, which includes compilation)."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    return best_time(fn, repeats), time.perf_counter() - t0
 
 
 def ours(src_x, src_y, tgt_x, solver, repeats):
@@ -69,12 +73,7 @@ def reference(src_x, src_y, tgt_x, repeats):
         geomloss_reference.otdd(sx, sy, tx, ty).backward()
         return tx.grad
 
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return best_time(call, repeats)
 
 
 def main():
@@ -86,8 +85,8 @@ def main():
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--scale", type=float, default=1.0,
                    help="feature scale; at 1 (unit-scale) 'converged' needs thousands of iterations, at 0.1 tens")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--ref-repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--ref-repeats", type=int, default=2)
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--no-converged", action="store_true")
     p.add_argument("--scaling-sizes", default="1000,5000,20000", help="source sizes for the scaling table ('' = skip)")
@@ -102,7 +101,8 @@ def main():
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {os.cpu_count()} CPU cores; "
           f"source {args.source} points in {args.classes} classes, feature scale {args.scale}")
     header = f"{'width':>5} {'target':>6} | " + " | ".join(f"{s:>9} s/call" for s in solvers)
-    header += " | reference s/call | ratio (annealed) | ratio (converged)" if not args.no_reference else ""
+    if not args.no_reference:
+        header += " | reference s/call | " + " | ".join(f"ratio ({s})" for s in solvers)
     rows = []
     for i, (width, n_tgt) in enumerate(cases, 1):
         print(f"[{i}/{len(cases)}] width {width}, target class of {n_tgt} ...", flush=True)

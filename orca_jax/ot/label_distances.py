@@ -12,6 +12,7 @@ with OTT's Bures cost.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
 import jax
@@ -118,6 +119,7 @@ def pair_divergences(clouds1, clouds2, pairs: np.ndarray, settings: SinkhornSett
     return jax.lax.map(one, pairs, batch_size=_pair_batch_size(x1.shape[1], x2.shape[1]))
 
 
+@functools.partial(jax.jit, static_argnames="settings")
 def exact_label_distances(x1, layout1: ClassLayout, x2, layout2: ClassLayout,
                           settings: SinkhornSettings) -> jax.Array:
     """(K1, K2) matrix of debiased Sinkhorn divergences between every class of dataset 1 and of dataset 2."""
@@ -127,6 +129,7 @@ def exact_label_distances(x1, layout1: ClassLayout, x2, layout2: ClassLayout,
     return values.reshape(k1, k2)
 
 
+@functools.partial(jax.jit, static_argnames="settings")
 def exact_label_distances_within(x, layout: ClassLayout, settings: SinkhornSettings) -> jax.Array:
     """(K, K) symmetric matrix with zero diagonal; only the K(K−1)/2 pairs i < j are solved, as otdd does."""
     k = layout.num_classes
@@ -156,11 +159,13 @@ def bures_distances(means1, covs1, means2, covs2) -> jax.Array:
     return jax.vmap(lambda p: jax.vmap(lambda q: bures(p, q))(packed2))(packed1)
 
 
+@jax.jit
 def gaussian_label_distances(x1, layout1: ClassLayout, x2, layout2: ClassLayout) -> jax.Array:
     """(K1, K2) squared 2-Wasserstein distances between the classes' fitted Gaussians."""
     return bures_distances(*class_gaussians(x1, layout1), *class_gaussians(x2, layout2))
 
 
+@jax.jit
 def gaussian_label_distances_within(x, layout: ClassLayout) -> jax.Array:
     """(K, K) with an exact zero diagonal (the square-root iteration would leave round-off there)."""
     mean, cov = class_gaussians(x, layout)

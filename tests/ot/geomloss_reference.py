@@ -3,7 +3,6 @@ ORCA calls it (debiased inner and outer Sinkhorn, ε = entreg, blur = √ε, ten
 official multi-kernel ``MMD_loss``. Written from the published behaviour; nothing is cached, as in the original."""
 import itertools
 
-import numpy as np
 import torch
 from geomloss import SamplesLoss
 from geomloss._legacy.utils import squared_distances

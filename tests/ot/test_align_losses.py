@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from orca_jax.ot import MMDLoss, OTDDLoss, SinkhornSettings, multi_kernel_mmd, otdd, pseudo_labels
+from orca_jax.ot.label_distances import full_sq_euclidean
+from orca_jax.ot.sinkhorn import half_self_cost
 from tests.ot import geomloss_reference
 
 
@@ -65,6 +67,22 @@ def test_cached_loss_handles_empty_slots_and_rejects_bad_batches():
         loss(x[..., :3])
     with pytest.raises(ValueError, match="class_weights has shape"):
         loss(x, class_weights=np.ones(3))
+
+
+def test_blocked_self_term_equals_the_full_one():
+    """The memory-bounded source self-term (cost built a block of rows at a time) changes nothing but memory."""
+    x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    a = np.full(50, 1 / 50, np.float32)
+    settings = SinkhornSettings()
+
+    def half_self(points, block):
+        return half_self_cost(full_sq_euclidean, points, a, diameter=jnp.float32(5.0), settings=settings,
+                              block=block)
+
+    full, g_full = jax.value_and_grad(half_self)(x, None)
+    blocked, g_blocked = jax.value_and_grad(half_self)(x, 16)
+    assert float(blocked) == pytest.approx(float(full), rel=1e-6)
+    np.testing.assert_allclose(g_blocked, g_full, rtol=1e-5, atol=1e-7)
 
 
 def test_mmd_matches_official_mmd_loss():
