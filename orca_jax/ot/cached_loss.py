@@ -33,7 +33,13 @@ import numpy as np
 
 from orca_jax.ot import label_distances as ld
 from orca_jax.ot.otdd import augmented_cost, check_features, check_inner, dataset_diameter
-from orca_jax.ot.sinkhorn import SinkhornSettings, bounding_box_diameter, half_self_cost, ot_cost
+from orca_jax.ot.sinkhorn import (
+    SinkhornSettings,
+    bounding_box_diameter,
+    half_self_cost,
+    ot_cost,
+    resolve_settings,
+)
 
 # Cost-matrix entries (source points × target points × classes) one batch of target classes may hold.
 _CLASS_BATCH_ENTRIES = 1 << 24
@@ -104,7 +110,7 @@ class OTDDLoss:
         """Precompute the source terms. ``self_block``: rows per block for the source self-term (default: whole
         matrix up to 8,192 points, blocks of 1,024 beyond)."""
         check_inner(inner)
-        settings = settings or SinkhornSettings(solver=solver, epsilon=epsilon)
+        settings = resolve_settings(epsilon, solver, settings)
         layout = ld.class_layout(src_y, "src_y")
         src_x = check_features(src_x, "src_x", n=layout.index.shape[0])
         if self_block is None and src_x.shape[0] > _FULL_SELF_COST_MAX_POINTS:

@@ -5,9 +5,10 @@ a :class:`ClassLayout`: every class becomes a fixed-size cloud padded with zero-
 pairs run as one jitted, batched computation while features stay traced and differentiable.
 
 ``exact`` is ORCA's setting (geomloss ``SamplesLoss('sinkhorn', p=2, blur=√ε, debias=True)`` on the *full* squared
-distance, each pair with its own ε schedule); ``gaussian`` is otdd's ``gaussian_approx`` with exact matrix square
-roots: the squared 2-Wasserstein distance between Gaussians fitted to each class, ‖μ−μ′‖² + Bures(Σ, Σ′), computed
-with OTT's Bures cost.
+distance, each pair with its own ε schedule); ``gaussian`` is otdd's ``gaussian_approx``: the squared 2-Wasserstein
+distance between Gaussians fitted to each class (unbiased covariances), ‖μ−μ′‖² + Bures(Σ, Σ′), computed with OTT's
+Bures cost (matrix square roots by Newton–Schulz iterations where otdd uses an eigendecomposition; equal to the
+closed form to ~1e-8 on the tests' data).
 """
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ class ClassLayout:
     structure.
     """
 
-    index: jax.Array
-    members: jax.Array
-    weights: jax.Array
+    index: np.ndarray
+    members: np.ndarray
+    weights: np.ndarray
 
     @property
     def num_classes(self) -> int:

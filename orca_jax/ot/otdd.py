@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from orca_jax.ot import label_distances as ld
-from orca_jax.ot.sinkhorn import SinkhornSettings, bounding_box_diameter, sinkhorn_divergence
+from orca_jax.ot.sinkhorn import SinkhornSettings, bounding_box_diameter, resolve_settings, sinkhorn_divergence
 
 
 def check_features(x, name: str, dim: int | None = None, n: int | None = None) -> jax.Array:
@@ -80,7 +80,7 @@ def otdd(src_x, src_y, tgt_x, tgt_y, *, inner: str = "exact", epsilon: float = 0
     ``settings`` overrides ``epsilon``/``solver`` with every solver knob (threshold, differentiation, ...).
     """
     check_inner(inner)
-    settings = settings or SinkhornSettings(solver=solver, epsilon=epsilon)
+    settings = resolve_settings(epsilon, solver, settings)
     src_layout = ld.class_layout(src_y, "src_y")
     tgt_layout = ld.class_layout(tgt_y, "tgt_y")
     src_x = check_features(src_x, "src_x", n=src_layout.index.shape[0])

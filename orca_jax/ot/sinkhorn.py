@@ -84,6 +84,16 @@ class SinkhornSettings:
             )
 
 
+def resolve_settings(epsilon: float, solver: str, settings: Optional[SinkhornSettings]) -> SinkhornSettings:
+    """The common shorthand (``epsilon``, ``solver``) or a full :class:`SinkhornSettings`, never both."""
+    if settings is None:
+        return SinkhornSettings(solver=solver, epsilon=epsilon)
+    if (epsilon, solver) != (0.1, "annealed"):
+        raise ValueError(f"epsilon={epsilon!r}/solver={solver!r} given together with settings={settings!r}: put "
+                         "them into the settings (dataclasses.replace(settings, epsilon=..., solver=...)).")
+    return settings
+
+
 def log_weights(w: jax.Array) -> jax.Array:
     """Log-weights with zero weights (padding) mapped to a finite, negligible value, as geomloss does."""
     return jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)), _LOG_ZERO)
