@@ -40,12 +40,13 @@ def test_cached_loss_equals_weighted_sum_of_otdds(solver):
         return otdd(sx, sy, t, np.zeros(n, int), settings=settings)
 
     expected = weights[0] * single(x[0], 12) + weights[1] * single(x[1, :9], 9)
-    expected_grad = weights[1] * jax.grad(single)(x[1, :9], 9)
     # The cached schedule is fixed from the source's bounding boxes; these targets lie inside them for the outer
     # problem, not necessarily for each class, hence a tolerance above round-off for the annealed solver.
     assert float(value) == pytest.approx(float(expected), rel=1e-4)
-    np.testing.assert_allclose(grad[1, :9], expected_grad, rtol=1e-2, atol=1e-4 * float(jnp.abs(grad).max()))
     assert np.all(grad[1, 9:] == 0) and np.all(np.isfinite(grad))
+    if solver == "annealed":  # the converged gradients are checked in test_otdd.py; this saves a compilation
+        expected_grad = weights[1] * jax.grad(single)(x[1, :9], 9)
+        np.testing.assert_allclose(grad[1, :9], expected_grad, rtol=1e-2, atol=1e-4 * float(jnp.abs(grad).max()))
 
 
 @pytest.mark.slow
@@ -69,6 +70,7 @@ def test_cached_loss_handles_empty_slots_and_rejects_bad_batches():
         loss(x, class_weights=np.ones(3))
 
 
+@pytest.mark.slow
 def test_blocked_self_term_equals_the_full_one():
     """The memory-bounded source self-term (cost built a block of rows at a time) changes nothing but memory."""
     x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)

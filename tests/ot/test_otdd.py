@@ -159,6 +159,10 @@ def test_converged_gradient_matches_finite_differences_unrolling_and_otdd():
         (lambda sx, sy, tx, ty: otdd(sx, sy, tx, ty, inner="bures"), "inner='bures'"),
         (lambda sx, sy, tx, ty: otdd(sx, sy.astype(float), tx, ty), "integer array"),
         (lambda sx, sy, tx, ty: jax.jit(lambda y: otdd(sx, y, tx, ty))(sy), "close over it"),
+        (lambda sx, sy, tx, ty: otdd(sx, sy, tx, ty, epsilon=0.2, settings=CONVERGED), "given together with"),
+        (lambda sx, sy, tx, ty: otdd(sx, sy, tx, ty, settings=SinkhornSettings(solver="converged",
+                                                                              differentiation="auto")),
+         "differentiation='auto'"),
     ],
 )
 def test_bad_input_is_an_error_that_names_it(call, match):
