@@ -16,10 +16,12 @@ source class's bounding box. This is exactly geomloss's schedule whenever the ta
 annealed value can differ from the uncached :func:`~orca_jax.ot.otdd.otdd` by the small amount that the schedule
 changes an unconverged result (the ``converged`` solver does not depend on the schedule).
 
-Memory: the source self-term is built a block of ``self_block`` rows at a time (O(block · N) instead of O(N²),
-one-off cost O(N² · D) per annealing step, annealed only: the converged solver needs the N × N matrix once); each
-call holds O(N · n) per class, classes being processed ``class_batch`` at a time. The official code subsamples the
-source to 5,000 points; beyond ~50k points the one-off self-term becomes the bottleneck on a CPU.
+Memory: above 8,192 source points the source self-term is built a block of ``self_block`` rows at a time
+(O(block · N) memory instead of O(N²), at the price of recomputing the costs in every annealing step: O(N² · D)
+work per step; annealed only: the converged solver holds the N × N matrix once). A call holds O(N · n) cost entries
+per target class of n points, the classes of a batch being processed in groups of at most 2^24 entries. The
+official code subsamples the source to 5,000 points; measured on 2 CPU cores at width 128, building takes ~1 s at
+5k and ~15 s at 20k points (growing as N²), a call ~0.03 s at 5k and ~0.12 s at 20k (growing as N).
 """
 from __future__ import annotations
 
