@@ -255,8 +255,10 @@ def plot_distance_curve(result: AlignResult, path: Path, objective: str) -> None
     epochs = [r["epoch"] for r in result.history]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot(epochs, [r["distance"] for r in result.history], marker=".", label="class-weighted distance (epoch sample)")
-    ax.axhline(result.distance_before, color="gray", ls="--", lw=1, label=f"before: {result.distance_before:.4g}")
-    ax.axhline(result.distance_after, color="green", ls="--", lw=1, label=f"after: {result.distance_after:.4g}")
+    # Before and after are measured on one fixed sample, drawn at epoch 0 and at the last epoch.
+    ax.plot([0], [result.distance_before], "s", color="gray", label=f"before (fixed sample): {result.distance_before:.4g}")
+    ax.plot([epochs[-1]], [result.distance_after], "s", color="green",
+            label=f"after (fixed sample): {result.distance_after:.4g}")
     ax.set_xlabel("align epoch (= optimizer step)")
     ax.set_ylabel(objective)
     ax.set_title("ORCA align: embedded target vs source features")
