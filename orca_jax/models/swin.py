@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from orca_jax.models.text_encoder import _ACTIVATIONS, _dropout
+from orca_jax.models.layers import ACTIVATIONS, check_activation, dropout
 
 # transformers builds these layer norms with PyTorch's default epsilon, not config.layer_norm_eps.
 _TORCH_LAYER_NORM_EPS = 1e-5
@@ -95,8 +95,7 @@ class SwinConfig:
                 )
         if self.window_size < 1:
             raise ValueError(f"window_size={self.window_size} must be a positive integer.")
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}.")
+        check_activation(self.hidden_act)
 
     @property
     def stage_widths(self) -> tuple[int, ...]:
@@ -190,14 +189,6 @@ def window_merge(windows: jax.Array, window: int, height: int, width: int) -> ja
     return x.reshape(batch, height, width, channels)
 
 
-def _drop_path(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
-    """Stochastic depth: drops the whole residual branch per sample, scaling kept samples by 1/(1 - rate)."""
-    if rngs is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
 class WindowAttention(nnx.Module):
     """Multi-head self-attention within windows, with Swin's learned relative-position bias."""
 
@@ -230,7 +221,7 @@ class WindowAttention(nnx.Module):
         scores = jnp.einsum("bwqhd,bwkhd->bwhqk", q * (head_dim**-0.5), k)
         # Softmax in float32 even for bfloat16 parameters.
         scores = scores.astype(jnp.float32) + bias[None]
-        probs = _dropout(jax.nn.softmax(scores, axis=-1).astype(windows.dtype), self.dropout, rngs)
+        probs = dropout(jax.nn.softmax(scores, axis=-1).astype(windows.dtype), self.dropout, rngs)
         context = jnp.einsum("bwhqk,bwkhd->bwqhd", probs, v).reshape(batch, num_windows, tokens, width)
         return self.out(context)
 
@@ -269,12 +260,12 @@ class SwinBlock(nnx.Module):
         if shift:
             h = jnp.roll(h, (-shift, -shift), axis=(1, 2))
         h = self.attention(window_partition(h, window), self.attention_bias(padded, window, shift), rngs)
-        h = window_merge(_dropout(h, self.dropout, rngs), window, *padded)
+        h = window_merge(dropout(h, self.dropout, rngs), window, *padded)
         if shift:
             h = jnp.roll(h, (shift, shift), axis=(1, 2))
-        x = x + _drop_path(h[:, :height, :width], self.drop_path, rngs)
-        h = self.mlp_out(_ACTIVATIONS[self.activation](self.mlp_in(self.layernorm_after(x))))
-        return x + _dropout(h, self.dropout, rngs)
+        x = x + dropout(h[:, :height, :width], self.drop_path, rngs, per_sample=True)
+        h = self.mlp_out(ACTIVATIONS[self.activation](self.mlp_in(self.layernorm_after(x))))
+        return x + dropout(h, self.dropout, rngs)
 
 
 class PatchMerging(nnx.Module):
@@ -347,7 +338,7 @@ class SwinEmbeddings(nnx.Module):
                     "to image_size (position-embedding interpolation is not implemented)."
                 )
             x = x + self.position_embeddings[...]
-        return _dropout(x, config.hidden_dropout_prob, rngs), grid
+        return dropout(x, config.hidden_dropout_prob, rngs), grid
 
 
 class Swin(nnx.Module):

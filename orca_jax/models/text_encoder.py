@@ -19,24 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from orca_jax.models.layers import ACTIVATIONS, check_activation, dropout
+
 # model_type -> (position ids count from pad_token_id + 1 and skip padding tokens?)
 _PADDING_OFFSET_POSITIONS = {"bert": False, "roberta": True, "xlm-roberta": True, "camembert": True}
 
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "tanh": jnp.tanh,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +54,7 @@ class TextEncoderConfig:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}."
             )
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; use one of {sorted(_ACTIVATIONS)}.")
+        check_activation(self.hidden_act)
 
     @property
     def first_position(self) -> int:
@@ -104,13 +95,6 @@ class EncoderOutput:
     hidden_states: tuple[jax.Array, ...] | None = None  # embedding output, then each layer's output
 
 
-def _dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
-    if rngs is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
 def attention_bias(attention_mask: jax.Array | None, dtype: jnp.dtype) -> jax.Array | None:
     """[batch, length] 1/0 mask -> additive [batch, 1, 1, length] bias (a large negative number at padding)."""
     if attention_mask is None:
@@ -134,7 +118,7 @@ class SelfAttention(nnx.Module):
         scores = scores.astype(jnp.float32)
         if bias is not None:
             scores = scores + bias.astype(jnp.float32)
-        probs = _dropout(jax.nn.softmax(scores, axis=-1).astype(x.dtype), self.dropout, rngs)
+        probs = dropout(jax.nn.softmax(scores, axis=-1).astype(x.dtype), self.dropout, rngs)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, width)
         return self.out(context)
 
@@ -155,9 +139,9 @@ class EncoderLayer(nnx.Module):
         self.dropout = config.hidden_dropout_prob
 
     def __call__(self, x: jax.Array, bias: jax.Array | None, rngs: nnx.Rngs | None) -> jax.Array:
-        x = self.attention_norm(x + _dropout(self.attention(x, bias, rngs), self.dropout, rngs))
-        hidden = _ACTIVATIONS[self.activation](self.mlp_in(x))
-        return self.mlp_norm(x + _dropout(self.mlp_out(hidden), self.dropout, rngs))
+        x = self.attention_norm(x + dropout(self.attention(x, bias, rngs), self.dropout, rngs))
+        hidden = ACTIVATIONS[self.activation](self.mlp_in(x))
+        return self.mlp_norm(x + dropout(self.mlp_out(hidden), self.dropout, rngs))
 
 
 class TextEmbeddings(nnx.Module):
@@ -197,7 +181,7 @@ class TextEmbeddings(nnx.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros(x.shape[:2], jnp.int32)
         x = x + self.position(position_ids) + self.token_type(token_type_ids)
-        return _dropout(self.norm(x), self.config.hidden_dropout_prob, rngs)
+        return dropout(self.norm(x), self.config.hidden_dropout_prob, rngs)
 
 
 class Pooler(nnx.Module):
