@@ -18,7 +18,8 @@ from orca_jax.data.source_features import load_or_compute
 from orca_jax.data.tasks import Task, load_task
 from orca_jax.models import from_pretrained
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
-from orca_jax.models.orca import ClassificationHead, OrcaModel
+from orca_jax.models.heads import ClassificationHead
+from orca_jax.models.orca import OrcaModel
 from orca_jax.models.swin import Swin
 from orca_jax.ot import pseudo_labels
 from orca_jax.parallel import make_mesh

@@ -27,7 +27,8 @@ from ml_collections import ConfigDict  # noqa: E402
 
 from orca_jax.models import TextEncoder, TextEncoderConfig  # noqa: E402
 from orca_jax.models.embedders import SequenceEmbedder  # noqa: E402
-from orca_jax.models.orca import ClassificationHead, OrcaModel  # noqa: E402
+from orca_jax.models.heads import ClassificationHead  # noqa: E402
+from orca_jax.models.orca import OrcaModel  # noqa: E402
 from orca_jax.parallel import make_mesh  # noqa: E402
 from orca_jax.train.align import run_align  # noqa: E402
 from tests.ot import geomloss_reference  # noqa: E402

@@ -16,17 +16,6 @@ from orca_jax.models.swin import Swin
 from orca_jax.models.text_encoder import TextEncoder
 
 
-class ClassificationHead(nnx.Module):
-    """Linear layer on the body's pooled output (mean over tokens for text, Swin's final norm + mean)."""
-
-    def __init__(self, width: int, num_classes: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.linear = nnx.Linear(width, num_classes, dtype=dtype, param_dtype=dtype, rngs=rngs)
-
-    def __call__(self, pooled: jax.Array, sequence: jax.Array) -> jax.Array:
-        del sequence
-        return self.linear(pooled)
-
-
 class OrcaModel(nnx.Module):
     def __init__(self, embedder: SequenceEmbedder | ImageEmbedder, body: TextEncoder | Swin, head: nnx.Module):
         if isinstance(embedder, SequenceEmbedder) != isinstance(body, TextEncoder):

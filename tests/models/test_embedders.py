@@ -7,7 +7,8 @@ from flax import nnx
 
 from orca_jax.models import TextEncoder, TextEncoderConfig
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder, stacking_factor, tile_channels
-from orca_jax.models.orca import ClassificationHead, OrcaModel
+from orca_jax.models.heads import ClassificationHead
+from orca_jax.models.orca import OrcaModel
 from orca_jax.models.swin import Swin, SwinConfig
 
 

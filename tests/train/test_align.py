@@ -10,7 +10,8 @@ from ml_collections import ConfigDict
 
 from orca_jax.models import from_pretrained
 from orca_jax.models.embedders import SequenceEmbedder
-from orca_jax.models.orca import ClassificationHead, OrcaModel
+from orca_jax.models.heads import ClassificationHead
+from orca_jax.models.orca import OrcaModel
 from orca_jax.parallel import make_mesh
 from orca_jax.train.align import ClassSampler, load_aligned_embedder, run_align
 from tests.text_checkpoints import save_tiny_text_model
