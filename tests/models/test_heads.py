@@ -9,7 +9,10 @@ from flax import nnx
 from orca_jax.models.heads import (
     ClassificationHead, ImageDenseHead, SequenceDenseHead, adaptive_pool_matrix, pixel_shuffle,
 )
-from orca_jax.models.swin import Swin, SwinConfig
+from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
+from orca_jax.models.orca import OrcaModel
+from orca_jax.train import losses
+from tests.models.test_embedders import swin_body, text_body
 
 RNG = np.random.default_rng(0)
 
@@ -81,12 +84,30 @@ def test_image_dense_head_matches_torch_decoder_and_pools(out_channels, output_s
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-def test_image_dense_head_from_swin_body_shapes_and_grid_check():
-    config = SwinConfig(image_size=64, embed_dim=8, depths=(1, 1, 1), num_heads=(1, 1, 2), window_size=2)
-    body = Swin(config, rngs=nnx.Rngs(0))
-    head = ImageDenseHead.from_body(body, out_channels=1, output_size=(5, 7), rngs=nnx.Rngs(1))
-    assert (head.grid, head.encoder_stride) == ((4, 4), 16)  # 4x4 patches, two merges
-    assert head.decoder.kernel.shape == (1, 1, config.num_features, 16 * 16 * 3)
-    assert head(jnp.zeros((2, 32)), jnp.zeros((2, 16, 32))).shape == (2, 5, 7, 1)
+@pytest.fixture(scope="module")
+def swin():
+    return swin_body()  # 32 x 32 images, 4 x 4 patches, two stages: total stride 8, final grid 4 x 4, width 16
+
+
+def test_image_dense_head_from_swin_body_grid_and_token_check(swin):
+    head = ImageDenseHead.from_body(swin, out_channels=1, output_size=(5, 7), rngs=nnx.Rngs(1))
+    assert (head.grid, head.encoder_stride) == ((4, 4), 8)
+    assert head.decoder.kernel.shape == (1, 1, 16, 8 * 8 * 3)
     with pytest.raises(ValueError, match="16 tokens"):
-        head(jnp.zeros((2, 32)), jnp.zeros((2, 9, 32)))
+        head(jnp.zeros((2, 16)), jnp.zeros((2, 9, 16)))
+
+
+def test_dense_heads_fit_orca_models_end_to_end(swin):
+    """The 1D head's output length is the embedder's input length; the 2D head trains under jit (finite gradients
+    reach the decoder) and outputs the task's size."""
+    text = text_body(positions=40)
+    embedder = SequenceEmbedder.from_body(text, 1, 24, target_seq_len=8, rngs=nnx.Rngs(1))  # stride 3, 8 tokens
+    model = OrcaModel(embedder, text, SequenceDenseHead(1, embedder.stride))
+    assert model(jnp.ones((2, 24, 1))).shape == (2, 24, 1)
+
+    head = ImageDenseHead.from_body(swin, out_channels=2, output_size=(20, 20), rngs=nnx.Rngs(2))
+    model = OrcaModel(ImageEmbedder.from_body(swin, 3, rngs=nnx.Rngs(1)), swin, head)
+    x, y = jnp.ones((2, 20, 20, 3)), jnp.asarray(RNG.normal(size=(2, 20, 20, 2)), jnp.float32)
+    grads = nnx.jit(nnx.grad(lambda m: losses.relative_l2(m(x), y)))(model)
+    kernel_grad = np.asarray(grads.head.decoder.kernel[...])
+    assert np.isfinite(kernel_grad).all() and np.abs(kernel_grad).max() > 0
