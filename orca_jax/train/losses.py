@@ -45,9 +45,14 @@ def _weights(mask: jax.Array | None, shape: tuple[int, ...]) -> jax.Array:
     return jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (len(shape) - mask.ndim)), shape)
 
 
+def _weighted_sum(values: jax.Array, weights: jax.Array) -> jax.Array:
+    # Padded rows may hold anything (out-of-range labels give NaN log-probabilities): select, do not multiply.
+    return jnp.sum(jnp.where(weights > 0, values, 0.0) * weights)
+
+
 def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
     # An all-padding batch (possible on a data shard) has loss 0, not 0 / 0.
-    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), jnp.finfo(jnp.float32).tiny)
+    return _weighted_sum(values, weights) / jnp.maximum(jnp.sum(weights), jnp.finfo(jnp.float32).tiny)
 
 
 def _per_example_mask(name: str, mask: jax.Array | None, batch: int) -> jax.Array:
@@ -116,7 +121,7 @@ def relative_l2(
 ) -> jax.Array:
     ratios, weights = _per_example_ratio("relative_l2", outputs, targets, mask, normalized=True)
     if reduction == "sum":
-        return jnp.sum(ratios * weights)
+        return _weighted_sum(ratios, weights)
     if reduction == "mean":
         return _weighted_mean(ratios, weights)
     raise ValueError(f"relative_l2 reduction={reduction!r}; use 'sum' (official Darcy loss) or 'mean'.")

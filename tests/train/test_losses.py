@@ -29,10 +29,10 @@ def test_cross_entropy_matches_torch(class_weights):
     weight = None if class_weights is None else torch.tensor(class_weights)
     expected = torch.nn.CrossEntropyLoss(weight=weight)(torch.tensor(logits), torch.tensor(labels))
     ours = losses.cross_entropy(
-        jnp.asarray(_padded(logits)), jnp.asarray(_padded(labels, np.zeros(PAD, int))), jnp.asarray(MASK),
+        jnp.asarray(_padded(logits)), jnp.asarray(_padded(labels, np.array([0, 4, -7]))), jnp.asarray(MASK),
         class_weights=class_weights,
     )
-    _close(ours, expected)
+    _close(ours, expected)  # out-of-range labels in the padding do not leak in
     unmasked = losses.cross_entropy(jnp.asarray(_padded(logits)), jnp.asarray(_padded(labels, np.zeros(PAD, int))))
     assert abs(float(unmasked) - float(expected)) > 1e-3  # the mask is what makes it exact
 
