@@ -97,7 +97,8 @@ def test_accumulation_sums_restarts_each_epoch_and_uses_the_completing_micro_bat
     is g + 1. Updates come at in-epoch positions 1 and 3 with -lr(g) * (sum of the cycle's two gradients), the fifth
     micro-batch of each epoch is discarded, and the rate is that of the global micro-batch count."""
     lr = warmup_decay_schedule(1.0, 4, 10)  # 0, .25, .5, .75, 1, 5/6, 4/6, 3/6, 2/6, 1/6
-    opt = optax.chain(accumulate_gradients(update_direction("sgd", momentum=0.0), 2, 5), optax.scale_by_learning_rate(lr))
+    accumulate = accumulate_gradients(update_direction("sgd", momentum=0.0), 2, 5)
+    opt = optax.chain(accumulate, optax.scale_by_learning_rate(lr))
     params = {"w": jnp.zeros(())}
     state = opt.init(params)
     got = []
