@@ -70,7 +70,7 @@ def is_trainable(mode: str, path: Sequence[Any]) -> bool:
         return True
     if path[1] in UNUSED_BODY_PARTS or mode == "frozen-body":
         return False
-    module = path[-2] if len(path) >= 2 else None  # the module holding the parameter (kernel, bias, scale, ...)
+    module = path[-2]  # the module holding the parameter (kernel, bias, scale, ...)
     if mode == "layernorm":
         return module in BODY_NORMS
     if mode == "non-attn":
