@@ -13,7 +13,7 @@ def base_config() -> ConfigDict:
     c = ConfigDict()
     c.seed = 0
     c.batch_size = 32  # the task's batch size; the align stage also uses it (see train/align.py)
-    c.task = ConfigDict(dict(name="mnist1d", val_fraction=0.1))
+    c.task = ConfigDict(dict(name="mnist1d", val_fraction=0.1, train_size=0))  # train_size > 0: a seeded subset
     # checkpoint: a hub id or a snapshot directory; dtype: float32 or bfloat16 parameters.
     c.body = ConfigDict(dict(checkpoint="roberta-base", dtype="float32"))
     # target_seq_len: most tokens a 1D input becomes (official default 512); antialias: 2D resize (see embedders).
@@ -37,6 +37,16 @@ def base_config() -> ConfigDict:
     c.optimizer = ConfigDict(
         dict(name="adamw", learning_rate=1e-4, weight_decay=0.0, momentum=0.9, b1=0.9, b2=0.98, eps=1e-8)
     )
-    c.refine = ConfigDict(dict(epochs=0))  # the refine stage extends this section
+    c.refine = ConfigDict(
+        dict(
+            epochs=0,  # 0 skips the stage
+            finetune_method="all",  # all | layernorm | non-attn | frozen-body (see train/finetune.py)
+            accum=1,  # micro-batches summed per optimizer step (the loss is not divided, as officially)
+            clip=-1.0,  # global-norm bound, <= 0 for none
+            warmup_epochs=5,
+            decay_epochs=60,
+            checkpoint_every=1,
+        )
+    )
     c.mesh = ConfigDict(dict(data=-1, fsdp=1))
     return c

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -15,7 +16,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from orca_jax.data.source_features import load_or_compute
-from orca_jax.data.tasks import Task, load_task
+from orca_jax.data.tasks import Split, Task, load_task
 from orca_jax.models import from_pretrained
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
 from orca_jax.models.heads import ClassificationHead
@@ -24,6 +25,7 @@ from orca_jax.models.swin import Swin
 from orca_jax.ot import pseudo_labels
 from orca_jax.parallel import make_mesh
 from orca_jax.train.align import run_align
+from orca_jax.train.refine import run_refine
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,9 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
     task = load_task(config.task.name, val_fraction=config.task.val_fraction, seed=config.seed)
+    if config.task.train_size:
+        keep = np.random.default_rng(config.seed).permutation(len(task.train))[: config.task.train_size]
+        task = dataclasses.replace(task, train=Split(task.train.x[keep], task.train.y[keep]))
     model = build_model(config, task)
     summary: dict = {"task": task.name, "body": str(config.body.checkpoint)}
     if config.align.epochs > 0:
@@ -94,6 +99,15 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
             "objective": config.align.objective,
             "distance_before": result.distance_before,
             "distance_after": result.distance_after,
+            "seconds": result.seconds,
+        }
+    if config.refine.epochs > 0:
+        result = run_refine(model, task, config, mesh=mesh, workdir=workdir)
+        summary["refine"] = {
+            "metric": result.metric,
+            "best_epoch": result.best_epoch,
+            f"best_val_{result.metric}": result.best_val,
+            f"test_{result.metric}": result.test,
             "seconds": result.seconds,
         }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -84,3 +84,13 @@ def test_align_labels_are_pseudo_labels_for_tasks_without_classes():
     # k-means recovers the clusters: examples of one centre share one pseudo-label.
     for c in range(10):
         assert len(np.unique(labels[np.arange(400) % 10 == c])) == 1
+
+
+@pytest.mark.slow
+def test_demo_smoke_aligns_then_refines(tmp_path):
+    config = load_config("demo")
+    config.source.cache_dir = str(tmp_path / "cache")
+    summary = run(config, tmp_path / "work")
+    refine = summary["refine"]
+    assert refine["metric"] == "accuracy" and 0.0 <= refine["test_accuracy"] <= 1.0
+    assert (tmp_path / "work" / "refine_metrics.jsonl").is_file() and (tmp_path / "work" / "refine_best").is_dir()
