@@ -13,6 +13,7 @@ def base_config() -> ConfigDict:
     c = ConfigDict()
     c.seed = 0
     c.batch_size = 32  # the task's batch size; the align stage also uses it (see train/align.py)
+    c.eval_batch_size = 256  # evaluation only: metrics are computed over the whole split whatever this is
     c.task = ConfigDict(dict(name="mnist1d", val_fraction=0.1, train_size=0))  # train_size > 0: a seeded subset
     # checkpoint: a hub id or a snapshot directory; dtype: float32 or bfloat16 parameters.
     c.body = ConfigDict(dict(checkpoint="roberta-base", dtype="float32"))

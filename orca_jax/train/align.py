@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from orca_jax.ot import MMDLoss, OTDDLoss
 from orca_jax.parallel import global_batch, replicated
+from orca_jax.train.run_log import RunLog
 from orca_jax.train.optimizers import align_learning_rate, make_optimizer, step_decay_schedule
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,8 @@ def run_align(
 
     `config` is the config's `align` section, `optimizer_config` the fine-tuning optimizer (its family, and 10x its
     learning rate, are the embedder's) and `batch_size` the task's (it sets how many examples a class draws). Writes
-    `align_metrics.jsonl`, `align_distance.png` and the aligned embedder (`aligned_embedder/`) into `workdir`.
+    `align_metrics.jsonl` and TensorBoard scalars as it goes, then `align_distance.png`, `align_summary.json` and the
+    aligned embedder (`aligned_embedder/`) into `workdir`.
     """
     workdir = Path(workdir)
     devices = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -198,6 +200,7 @@ def run_align(
     if before is None:
         before = float(distance(embedder, rest, objective, fixed_x, fixed_mask, weights, key))
     t0 = time.perf_counter()
+    run_log = RunLog(workdir, "align")
     bar = tqdm(range(start, config.epochs), desc="align", unit="epoch", initial=start, total=config.epochs)
     for epoch in bar:
         x, mask = batch(np.random.default_rng([seed, epoch]))
@@ -207,6 +210,7 @@ def run_align(
         )
         record = {"epoch": epoch + 1, "distance": float(value), "lr": lr, "seconds": time.perf_counter() - t0}
         history.append(record)
+        run_log.write(history)
         bar.set_postfix(distance=f"{record['distance']:.4g}")
         if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
             manager.save(
@@ -217,6 +221,7 @@ def run_align(
                 ),
             )
     manager.wait_until_finished()
+    run_log.close()
     seconds = time.perf_counter() - t0
     after = float(distance(embedder, rest, objective, fixed_x, fixed_mask, weights, key))
     nnx.update(model, embedder)
@@ -226,7 +231,7 @@ def run_align(
 
 
 def write_align_outputs(model: nnx.Module, result: AlignResult, workdir: Path, config) -> None:
-    """The aligned embedder on its own (so refine can start from it or be re-run), metrics as JSONL, a PNG curve."""
+    """The aligned embedder on its own (so refine can start from it or be re-run), a summary and a PNG curve."""
     checkpointer = ocp.StandardCheckpointer()
     target = (workdir / "aligned_embedder").absolute()
     checkpointer.save(target, nnx.state(model.embedder, nnx.Param), force=True)
@@ -240,9 +245,6 @@ def write_align_outputs(model: nnx.Module, result: AlignResult, workdir: Path, c
         "seconds": result.seconds,
     }
     (workdir / "align_summary.json").write_text(json.dumps(summary, indent=2))
-    with open(workdir / "align_metrics.jsonl", "w") as f:
-        for record in result.history:
-            f.write(json.dumps(record) + "\n")
     plot_distance_curve(result, workdir / "align_distance.png", config.objective)
 
 

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import signal
@@ -37,6 +36,7 @@ from orca_jax.parallel import global_batch, replicated
 from orca_jax.train.finetune import make_finetune_optimizer
 from orca_jax.train.losses import get_loss
 from orca_jax.train.metrics import TASK_KINDS, MetricAccumulator
+from orca_jax.train.run_log import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +108,15 @@ def evaluate(eval_step, params, split: Split, batch_size: int, metric: str, mesh
 def run_refine(model: nnx.Module, task: Task, config, *, mesh: Mesh, workdir: Path) -> RefineResult:
     """Fine-tunes `model` in place (ending with its best-validation parameters) and evaluates it on the test split.
 
-    Writes `refine_metrics.jsonl` (one line per epoch), `refine/` (resumable checkpoints) and `refine_best/`.
+    Writes `refine_metrics.jsonl` and TensorBoard scalars (one record per epoch), `refine/` (resumable
+    checkpoints) and `refine_best/`.
     """
     workdir = Path(workdir)
     devices = mesh.shape["data"] * mesh.shape["fsdp"]
     batch_size, seed, refine = config.batch_size, config.seed, config.refine
-    if batch_size % devices:
-        raise ValueError(f"batch_size={batch_size} does not divide over the mesh's {devices} data-parallel devices.")
+    for name in ("batch_size", "eval_batch_size"):
+        if config[name] % devices:
+            raise ValueError(f"{name}={config[name]} does not divide over the mesh's {devices} data-parallel devices.")
     kind = TASK_KINDS[task.kind]
     loss_fn = get_loss(kind.loss)
     steps_per_epoch = math.ceil(len(task.train) / batch_size)
@@ -129,7 +131,8 @@ def run_refine(model: nnx.Module, task: Task, config, *, mesh: Mesh, workdir: Pa
         (workdir / "refine").absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
     )
     best_dir = (workdir / "refine_best").absolute()
-    position = {"epoch": 0, "step": 0, "history": [], "best_epoch": 0, "best_val": None}
+    # Where the run is, and what a restart needs to continue it exactly (including a part-done epoch's losses).
+    position = {"epoch": 0, "step": 0, "losses": [], "history": [], "best_epoch": 0, "best_val": None}
     if manager.latest_step() is not None:
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": params, "opt_state": opt_state})
         restored = manager.restore(
@@ -139,8 +142,8 @@ def run_refine(model: nnx.Module, task: Task, config, *, mesh: Mesh, workdir: Pa
         params, opt_state, position = restored.state["params"], restored.state["opt_state"], restored.position
         log.info("refine: resuming at epoch %d, step %d", position["epoch"] + 1, position["step"])
 
-    def save(epoch: int, step: int) -> None:
-        position.update(epoch=epoch, step=step)
+    def save(epoch: int, step: int, losses: list[float]) -> None:
+        position.update(epoch=epoch, step=step, losses=losses)
         manager.save(
             epoch * steps_per_epoch + step,
             args=ocp.args.Composite(
@@ -151,13 +154,15 @@ def run_refine(model: nnx.Module, task: Task, config, *, mesh: Mesh, workdir: Pa
         )
 
     key = jax.random.key(seed)
+    run_log = RunLog(workdir, "refine")
     t0 = time.perf_counter()
     sign = 1.0 if kind.higher_is_better else -1.0
     with _Preemption() as preemption:
         for epoch in range(position["epoch"], refine.epochs):
             order = np.random.default_rng([seed, epoch]).permutation(len(task.train))
-            first = position["step"] if epoch == position["epoch"] else 0
-            losses = []
+            resuming = epoch == position["epoch"]
+            first = position["step"] if resuming else 0
+            losses = list(position["losses"]) if resuming else []
             bar = tqdm(enumerate(padded_batches(task.train, batch_size, order)), total=steps_per_epoch, initial=first,
                        desc=f"refine {epoch + 1}/{refine.epochs}", unit="step", leave=False)
             for step, (x, y, mask) in bar:
@@ -170,13 +175,14 @@ def run_refine(model: nnx.Module, task: Task, config, *, mesh: Mesh, workdir: Pa
                 losses.append(float(loss))
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
                 if preemption.requested:
-                    save(epoch, step + 1)
+                    save(epoch, step + 1, losses)
                     manager.wait_until_finished()
                     raise SystemExit(f"refine stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; rerun to resume")
-            val = evaluate(eval_step, params, task.val, batch_size, kind.metric, mesh)
+            val = evaluate(eval_step, params, task.val, config.eval_batch_size, kind.metric, mesh)
             record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
                       f"val_{kind.metric}": val, "seconds": time.perf_counter() - t0}
             position["history"].append(record)
+            run_log.write(position["history"])
             if position["best_val"] is None or sign * val > sign * position["best_val"]:
                 position.update(best_epoch=epoch + 1, best_val=val)
                 checkpointer = ocp.StandardCheckpointer()
@@ -184,13 +190,11 @@ def run_refine(model: nnx.Module, task: Task, config, *, mesh: Mesh, workdir: Pa
                 checkpointer.wait_until_finished()
             log.info("refine epoch %d: %s", epoch + 1, record)
             if (epoch + 1) % refine.checkpoint_every == 0 or epoch + 1 == refine.epochs:
-                save(epoch + 1, 0)
+                save(epoch + 1, 0, [])
     manager.wait_until_finished()
+    run_log.close()
     seconds = time.perf_counter() - t0
     best = ocp.StandardCheckpointer().restore(best_dir, jax.tree.map(ocp.utils.to_shape_dtype_struct, params))
     nnx.update(model, best)
-    test = evaluate(eval_step, best, task.test, batch_size, kind.metric, mesh)
-    with open(workdir / "refine_metrics.jsonl", "w") as f:
-        for record in position["history"]:
-            f.write(json.dumps(record) + "\n")
+    test = evaluate(eval_step, best, task.test, config.eval_batch_size, kind.metric, mesh)
     return RefineResult(position["best_epoch"], position["best_val"], test, kind.metric, position["history"], seconds)

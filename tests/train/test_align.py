@@ -85,6 +85,7 @@ def test_align_lowers_the_distance_and_trains_only_the_embedder(body_dir, task, 
     lines = (tmp_path / "align_metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 9))
     assert (tmp_path / "align_distance.png").stat().st_size > 1000
+    assert list((tmp_path / "tensorboard" / "align").glob("events.out.tfevents.*"))
     fresh = make_model(body_dir)
     assert load_aligned_embedder(fresh, tmp_path)
     for a, b in zip(jax.tree.leaves(nnx.state(fresh.embedder)), jax.tree.leaves(nnx.state(model.embedder))):

@@ -92,6 +92,9 @@ def test_interrupted_refine_resumes_to_the_same_parameters(body_dir, tmp_path):
     for a, b in zip(params_of(whole), params_of(resumed)):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert (tmp_path / "whole" / "refine_metrics.jsonl").read_text().count("\n") == 3
+    # The resumed run's JSONL is rewritten from the checkpointed history: three lines, not four.
+    assert (tmp_path / "parts" / "refine_metrics.jsonl").read_text().count("\n") == 3
+    assert list((tmp_path / "parts" / "tensorboard" / "refine").glob("events.out.tfevents.*"))
 
 
 def test_batch_size_must_divide_over_the_devices(body_dir, tmp_path):

@@ -1,0 +1,78 @@
+"""A refine run killed with SIGKILL, or stopped with SIGTERM, and restarted ends exactly where an uninterrupted run
+ends (run as real processes through the command line)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def command(workdir: Path, cache: Path) -> list[str]:
+    # The smoke demo without its align stage: 256 mnist1d examples, 16 steps per epoch, 3 epochs on MiniLM.
+    return [
+        sys.executable, "scripts/train.py", "--config=configs/demo.py:smoke", f"--workdir={workdir}",
+        "--config.align.epochs=0", "--config.refine.epochs=3", "--config.task.train_size=256",
+        "--config.batch_size=16", "--config.embedder.target_seq_len=10", "--config.task.val_fraction=0.02",
+        f"--config.source.cache_dir={cache}",
+    ]
+
+
+def run_to_end(workdir: Path, cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(command(workdir, cache), cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "refine").glob("*") if p.name.isdigit())
+
+
+def interrupt_after_step(workdir: Path, cache: Path, sig: int, step: int) -> int:
+    """Starts (or resumes) the run and sends `sig` half a second after a checkpoint of `step` or later exists."""
+    process = subprocess.Popen(command(workdir, cache), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if (workdir / "refine").exists() and checkpoint_steps(workdir) and checkpoint_steps(workdir)[-1] >= step:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)  # into the next epoch
+    assert process.poll() is None, "the run ended before it could be interrupted; make it longer"
+    os.kill(process.pid, sig)
+    return process.wait(timeout=300)
+
+
+def history(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "refine_metrics.jsonl").read_text().splitlines()]
+
+
+def same_run(a: Path, b: Path) -> None:
+    ha, hb = history(a), history(b)
+    assert [r["epoch"] for r in ha] == [r["epoch"] for r in hb] == [1, 2, 3]
+    for ra, rb in zip(ha, hb):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-6)
+        assert ra["val_accuracy"] == rb["val_accuracy"]
+    sa = json.loads((a / "summary.json").read_text())["refine"]
+    sb = json.loads((b / "summary.json").read_text())["refine"]
+    assert sa["test_accuracy"] == sb["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigkill_then_restart_equal_an_uninterrupted_run(tmp_path):
+    cache, whole, parts = tmp_path / "cache", tmp_path / "whole", tmp_path / "parts"
+    result = run_to_end(whole, cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # SIGTERM in the second epoch: a clean stop with a mid-epoch checkpoint (16 steps per epoch).
+    assert interrupt_after_step(parts, cache, signal.SIGTERM, step=16) != 0
+    steps = checkpoint_steps(parts)
+    assert steps[-1] % 16 != 0, steps
+    # Restarted, then SIGKILLed in the third epoch: no chance to save, the epoch-2 checkpoint must do.
+    assert interrupt_after_step(parts, cache, signal.SIGKILL, step=32) == -signal.SIGKILL
+    result = run_to_end(parts, cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    same_run(whole, parts)
