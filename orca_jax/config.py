@@ -15,8 +15,9 @@ def base_config() -> ConfigDict:
     c.batch_size = 32  # the task's batch size; the align stage also uses it (see train/align.py)
     c.eval_batch_size = 256  # evaluation only: metrics are computed over the whole split whatever this is
     c.task = ConfigDict(dict(name="mnist1d", val_fraction=0.1, train_size=0))  # train_size > 0: a seeded subset
-    # checkpoint: a hub id or a snapshot directory; dtype: float32 or bfloat16 parameters.
-    c.body = ConfigDict(dict(checkpoint="roberta-base", dtype="float32"))
+    # checkpoint: a hub id or a snapshot directory; dtype: float32 or bfloat16 parameters; dropout: the body's hidden
+    # and attention dropout (the official drop_out; 0 in the NAS-Bench-360 and PDE configs), < 0 keeps the checkpoint's.
+    c.body = ConfigDict(dict(checkpoint="roberta-base", dtype="float32", dropout=-1.0))
     # target_seq_len: most tokens a 1D input becomes (official default 512); antialias: 2D resize (see embedders).
     c.embedder = ConfigDict(dict(target_seq_len=512, antialias=False))
     # name: python_docs (offline) or conll2003 for text bodies, cifar10 or digits (offline) for Swin.

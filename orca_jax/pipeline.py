@@ -37,7 +37,8 @@ def build_model(config: ConfigDict, task: Task) -> OrcaModel:
     if config.body.dtype not in _DTYPES:
         raise ValueError(f"body.dtype={config.body.dtype!r}; use one of {sorted(_DTYPES)}.")
     dtype = _DTYPES[config.body.dtype]
-    body = from_pretrained(config.body.checkpoint, dtype=dtype)
+    dropout = config.body.dropout if config.body.dropout >= 0 else None
+    body = from_pretrained(config.body.checkpoint, dtype=dtype, dropout=dropout)
     rngs = nnx.Rngs(config.seed)
     init_from_body = config.align.epochs > 0  # the official no-alignment ablation initialises the embedder anew
     if isinstance(body, Swin):

@@ -81,7 +81,7 @@ def split_body(
     return dict(tensors), (), None
 
 
-def load_checkpoint(checkpoint: str | os.PathLike, *, dtype=jnp.float32) -> LoadedCheckpoint:
+def load_checkpoint(checkpoint: str | os.PathLike, *, dtype=jnp.float32, dropout: float | None = None) -> LoadedCheckpoint:
     """Like `from_pretrained`, but also returns the configs and what was deliberately left out."""
     directory = resolve_checkpoint(checkpoint)
     hf_config = read_config(directory)
@@ -93,6 +93,10 @@ def load_checkpoint(checkpoint: str | os.PathLike, *, dtype=jnp.float32) -> Load
     arch = ARCHITECTURES[model_type]
     body, head_keys, prefix = split_body(read_tensors(directory), arch.body_prefixes)
     config = arch.build_config(hf_config, list(body))
+    if dropout is not None:
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout} must be in [0, 1).")
+        config = dataclasses.replace(config, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     model, dropped = load_into(
         lambda: arch.module(config, dtype=dtype, rngs=nnx.Rngs(0)), body, arch.key_table(config), dtype
     )
@@ -104,6 +108,10 @@ def load_checkpoint(checkpoint: str | os.PathLike, *, dtype=jnp.float32) -> Load
     return LoadedCheckpoint(model, config, hf_config, LoadReport(prefix, head_keys, tuple(dropped)))
 
 
-def from_pretrained(checkpoint: str | os.PathLike, *, dtype=jnp.float32) -> nnx.Module:
-    """Loads a pretrained body with parameters (and computation) in `dtype` (float32, or bfloat16)."""
-    return load_checkpoint(checkpoint, dtype=dtype).model
+def from_pretrained(checkpoint: str | os.PathLike, *, dtype=jnp.float32, dropout: float | None = None) -> nnx.Module:
+    """Loads a pretrained body with parameters (and computation) in `dtype` (float32, or bfloat16).
+
+    `dropout` replaces the checkpoint's hidden and attention dropout rates, as the official `drop_out` setting does
+    (None keeps the checkpoint's).
+    """
+    return load_checkpoint(checkpoint, dtype=dtype, dropout=dropout).model

@@ -57,10 +57,27 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def process_rows(batch_size: int) -> slice:
+    """This process's rows of a global batch: the batch is split evenly over the processes, in process order,
+    which is how `make_array_from_process_local_data` lays process-local rows over a mesh from `make_mesh`."""
+    count = jax.process_count()
+    if batch_size % count:
+        raise ValueError(f"batch size {batch_size} does not split evenly over {count} processes.")
+    per = batch_size // count
+    return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+
+
+def batch_from_process_rows(local: np.ndarray, mesh: Mesh) -> jax.Array:
+    """The global batch whose `process_rows` this process holds, sharded along axis 0 over the data axes."""
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, P(("data", "fsdp"))), local)
+
+
 def global_batch(host_array: np.ndarray, mesh: Mesh, axis: int = 0) -> jax.Array:
     """Places an array that every process holds whole, sharded along `axis` over the mesh's data axes.
 
-    Each process contributes only the shards its devices hold, so this is correct on several hosts too.
+    For small arrays that every process can build identically (the align stage's per-class samples); training
+    batches are loaded per process instead (`process_rows`). Each process contributes only the shards its devices
+    hold, so this is correct on several hosts too.
     `axis` must divide by the number of data-parallel devices (pad with masked entries first).
     """
     spec = [None] * host_array.ndim

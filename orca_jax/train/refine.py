@@ -24,6 +24,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.multihost_utils import process_allgather
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -32,7 +33,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from orca_jax.data.tasks import Split, Task
-from orca_jax.parallel import global_batch, replicated
+from orca_jax.parallel import batch_from_process_rows, process_rows, replicated
 from orca_jax.train.finetune import make_finetune_optimizer
 from orca_jax.train.losses import get_loss
 from orca_jax.train.metrics import TASK_KINDS, MetricAccumulator
@@ -51,13 +52,14 @@ class RefineResult:
     seconds: float
 
 
-def padded_batches(split: Split, batch_size: int, order: np.ndarray):
-    """(x, y, mask) batches of exactly `batch_size` in `order`; the last is padded with its first example."""
+def padded_batches(split: Split, batch_size: int, order: np.ndarray, rows: slice = slice(None)):
+    """(x, y, mask) of global batches of exactly `batch_size` in `order` (the last padded with its first example),
+    of which only `rows` are loaded: each process reads just its share of every batch."""
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
         real = len(index)
-        index = np.concatenate([index, np.full(batch_size - real, index[0])])
-        yield split.x[index], split.y[index], (np.arange(batch_size) < real).astype(np.float32)
+        index = np.concatenate([index, np.full(batch_size - real, index[0])])[rows]
+        yield split.x[index], split.y[index], (np.arange(batch_size) < real).astype(np.float32)[rows]
 
 
 class _Preemption:
@@ -99,8 +101,10 @@ def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, 
 
 def evaluate(eval_step, params, split: Split, batch_size: int, metric: str, mesh: Mesh) -> float:
     accumulator = MetricAccumulator(metric)
+    rows = process_rows(batch_size)
     for x, y, mask in padded_batches(split, batch_size, np.arange(len(split))):
-        outputs = eval_step(params, global_batch(x, mesh))
+        # Every process feeds its rows and receives all outputs: whole-split metrics need every example.
+        outputs = process_allgather(eval_step(params, batch_from_process_rows(x[rows], mesh)), tiled=True)
         accumulator.update(np.asarray(outputs, np.float32), y, mask)
     return accumulator.result()
 
@@ -159,17 +163,18 @@ def run_refine(model: nnx.Module, task: Task, config, *, mesh: Mesh, workdir: Pa
     sign = 1.0 if kind.higher_is_better else -1.0
     with _Preemption() as preemption:
         for epoch in range(position["epoch"], refine.epochs):
-            order = np.random.default_rng([seed, epoch]).permutation(len(task.train))
+            order = np.random.default_rng([seed, epoch]).permutation(len(task.train))  # the same on every process
             resuming = epoch == position["epoch"]
             first = position["step"] if resuming else 0
             losses = list(position["losses"]) if resuming else []
-            bar = tqdm(enumerate(padded_batches(task.train, batch_size, order)), total=steps_per_epoch, initial=first,
+            batches = padded_batches(task.train, batch_size, order, process_rows(batch_size))
+            bar = tqdm(enumerate(batches), total=steps_per_epoch, initial=first,
                        desc=f"refine {epoch + 1}/{refine.epochs}", unit="step", leave=False)
             for step, (x, y, mask) in bar:
                 if step < first:
                     continue
                 params, opt_state, loss = train_step(
-                    params, opt_state, global_batch(x, mesh), global_batch(y, mesh), global_batch(mask, mesh),
+                    params, opt_state, *(batch_from_process_rows(a, mesh) for a in (x, y, mask)),
                     jax.random.fold_in(key, epoch * steps_per_epoch + step),
                 )
                 losses.append(float(loss))

@@ -62,6 +62,17 @@ def test_dropout_only_with_rngs(tmp_path):
     np.testing.assert_array_equal(b, model(ids, rngs=nnx.Rngs(dropout=0)).last_hidden_state)
 
 
+def test_dropout_override_replaces_the_checkpoint_rates(tmp_path):
+    directory = save_tiny_text_model("bert-gelu", tmp_path)
+    assert from_pretrained(directory).config.hidden_dropout_prob == 0.1
+    model = from_pretrained(directory, dropout=0.0)
+    assert model.config.hidden_dropout_prob == model.config.attention_probs_dropout_prob == 0.0
+    ids = jnp.asarray(np.random.default_rng(0).integers(1, 90, size=(2, 10)))
+    np.testing.assert_array_equal(model(ids, rngs=nnx.Rngs(dropout=0)).last_hidden_state, model(ids).last_hidden_state)
+    with pytest.raises(ValueError, match="dropout=1.5"):
+        from_pretrained(directory, dropout=1.5)
+
+
 def test_exactly_one_input():
     config = TextEncoderConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=8)

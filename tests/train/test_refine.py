@@ -59,6 +59,11 @@ def test_padded_batches_cover_every_example_once():
         assert x.shape == (4, 1) and mask.shape == (4,)
         seen += list(y[mask > 0])
     assert seen == list(order)
+    # A process loads only its rows of each global batch (here rows 2..3 of every batch of 4).
+    halves = [(y, mask) for _, y, mask in padded_batches(split, 4, order, slice(2, 4))]
+    np.testing.assert_array_equal(np.concatenate([y for y, _ in halves]),
+                                  np.concatenate([order[2:4], order[6:8], order[[8, 8]]]))  # last: padding rows
+    np.testing.assert_array_equal(np.concatenate([m for _, m in halves]), [1, 1, 1, 1, 0, 0])
 
 
 @pytest.mark.slow
