@@ -43,7 +43,10 @@ def _text_encoder_config(hf_config: dict, body_names: Sequence[str]) -> TextEnco
 
 
 _TEXT = Architecture(
-    _text_encoder_config, TextEncoder, lambda config: BERT_FAMILY_KEYS, ("roberta.", "bert.", "xlm_roberta.", "camembert.")
+    _text_encoder_config,
+    TextEncoder,
+    lambda config: BERT_FAMILY_KEYS,
+    ("roberta.", "bert.", "xlm_roberta.", "camembert."),
 )
 # SwinForImageClassification / SwinForMaskedImageModeling keep the body under "swin."; a bare SwinModel has none.
 _SWIN = Architecture(lambda hf_config, body_names: SwinConfig.from_hf(hf_config), Swin, swin_keys, ("swin.",))
@@ -81,14 +84,17 @@ def split_body(
     return dict(tensors), (), None
 
 
-def load_checkpoint(checkpoint: str | os.PathLike, *, dtype=jnp.float32, dropout: float | None = None) -> LoadedCheckpoint:
+def load_checkpoint(
+    checkpoint: str | os.PathLike, *, dtype=jnp.float32, dropout: float | None = None
+) -> LoadedCheckpoint:
     """Like `from_pretrained`, but also returns the configs and what was deliberately left out."""
     directory = resolve_checkpoint(checkpoint)
     hf_config = read_config(directory)
     model_type = hf_config.get("model_type")
     if model_type not in ARCHITECTURES:
         raise ValueError(
-            f"{checkpoint!s}: model_type={model_type!r} is not supported by orca-jax; supported: {sorted(ARCHITECTURES)}."
+            f"{checkpoint!s}: model_type={model_type!r} is not supported by orca-jax; "
+            f"supported: {sorted(ARCHITECTURES)}."
         )
     arch = ARCHITECTURES[model_type]
     body, head_keys, prefix = split_body(read_tensors(directory), arch.body_prefixes)

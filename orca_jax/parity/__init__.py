@@ -21,7 +21,9 @@ class Comparison:
     max_abs_diff: float
 
 
-def compare_with_transformers(checkpoint: str | os.PathLike, *, batch: int = 2, length: int = 16, seed: int = 0) -> list[Comparison]:
+def compare_with_transformers(
+    checkpoint: str | os.PathLike, *, batch: int = 2, length: int = 16, seed: int = 0
+) -> list[Comparison]:
     """Loads `checkpoint` into orca-jax and into transformers (float32) and compares them on random inputs.
 
     `length` is the number of tokens for text bodies and the image side in pixels for Swin.

@@ -31,7 +31,11 @@ def compare(checkpoint, loaded: LoadedCheckpoint, *, batch: int, length: int, se
     results = []
     full = {"input_ids": inputs["input_ids"][:1]}  # row 0 has no padding
     for path, ours_kwargs, ref_kwargs in [
-        ("input_ids, no mask", {"input_ids": jnp.asarray(full["input_ids"])}, {"input_ids": torch.from_numpy(full["input_ids"])}),
+        (
+            "input_ids, no mask",
+            {"input_ids": jnp.asarray(full["input_ids"])},
+            {"input_ids": torch.from_numpy(full["input_ids"])},
+        ),
         (
             "input_ids",
             {k: jnp.asarray(v) for k, v in inputs.items()},

@@ -1,8 +1,9 @@
 """The strict, table-driven converter from checkpoint tensors to an NNX model's parameters.
 
 Each architecture supplies a `KeyTable`: regex rules from checkpoint names to our parameter paths with a transform
-(transpose, reshape), and the buffers that are dropped on purpose (optionally checked against our constants). Shapes come from the model built abstractly from the checkpoint's config, so every
-tensor is checked against what the config implies. Nothing is loaded silently: an unmapped, missing, duplicate or
+(transpose, reshape), and the buffers that are dropped on purpose (optionally checked against our constants).
+Shapes come from the model built abstractly from the checkpoint's config, so every tensor is checked against what
+the config implies. Nothing is loaded silently: an unmapped, missing, duplicate or
 mis-shaped key is an error that names it, all of them collected into one message.
 """
 
@@ -125,7 +126,9 @@ def convert(
     ]
     if problems:
         lines = "\n  - ".join(problems)
-        raise WeightConversionError(f"The checkpoint does not match the model ({len(problems)} problem(s)):\n  - {lines}")
+        raise WeightConversionError(
+            f"The checkpoint does not match the model ({len(problems)} problem(s)):\n  - {lines}"
+        )
     return converted, dropped
 
 

@@ -4,7 +4,6 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from ml_collections import ConfigDict
 
 from orca_jax.config import base_config
 from orca_jax.data.tasks import Split, Task
