@@ -6,6 +6,9 @@ config file or the command line sets but the schema lacks is an error (configs a
 silently fall back to a default.
 """
 
+import importlib.util
+import os
+
 from ml_collections import ConfigDict
 
 
@@ -52,3 +55,11 @@ def base_config() -> ConfigDict:
     )
     c.mesh = ConfigDict(dict(data=-1, fsdp=1))
     return c
+
+
+def load_config_file(path: str | os.PathLike, variant: str | None = None) -> ConfigDict:
+    """`get_config(variant)` of a config file, for programs that run configs without the command line's flags."""
+    spec = importlib.util.spec_from_file_location("orca_jax_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -16,7 +15,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from orca_jax.data.source_features import load_or_compute
-from orca_jax.data.tasks import Split, Task, load_task
+from orca_jax.data.tasks import Task, load_task
 from orca_jax.models import from_pretrained
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
 from orca_jax.models.heads import ClassificationHead
@@ -74,10 +73,10 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
-    task = load_task(config.task.name, val_fraction=config.task.val_fraction, seed=config.seed)
-    if config.task.train_size:
-        keep = np.random.default_rng(config.seed).permutation(len(task.train))[: config.task.train_size]
-        task = dataclasses.replace(task, train=Split(task.train.x[keep], task.train.y[keep]))
+    task = load_task(
+        config.task.name, val_fraction=config.task.val_fraction, seed=config.seed,
+        train_size=config.task.train_size or None,
+    )
     model = build_model(config, task)
     summary: dict = {"task": task.name, "body": str(config.body.checkpoint)}
     if config.align.epochs > 0:
@@ -85,7 +84,7 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
             config.body.checkpoint, config.source.name, size=config.source.size, seed=config.source.seed,
             cache_dir=config.source.cache_dir or None, data_dir=config.source.data_dir or None, body=model.body,
         )
-        width = model.embed(task.train.x[:1]).shape[-1]
+        width = model.embedder.norm.scale.shape[0]
         if source.features.shape[1] != width:
             raise ValueError(
                 f"Source features {source.path} have width {source.features.shape[1]} but the embedder's tokens have "

@@ -9,7 +9,6 @@ Rerunning resumes (or reuses) what the workdirs hold.
 """
 
 import argparse
-import importlib.util
 import json
 import logging
 import time
@@ -17,16 +16,10 @@ from pathlib import Path
 
 from absl import logging as absl_logging
 
+from orca_jax.config import load_config_file
 from orca_jax.pipeline import run
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def demo_config(variant: str | None):
-    spec = importlib.util.spec_from_file_location("demo_config", ROOT / "configs" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
 
 
 def main(argv=None) -> None:
@@ -38,7 +31,7 @@ def main(argv=None) -> None:
     summaries = {}
     for name, variant in (("demo", None), ("demo_no_align", "no_align")):
         start = time.perf_counter()
-        summaries[name] = run(demo_config(variant), Path(args.workdir) / name)
+        summaries[name] = run(load_config_file(ROOT / "configs" / "demo.py", variant), Path(args.workdir) / name)
         summaries[name]["wall_seconds"] = time.perf_counter() - start
     orca, plain = summaries["demo"], summaries["demo_no_align"]
     print("\n" + json.dumps(summaries, indent=2))

@@ -9,19 +9,14 @@ import pytest
 import torch
 import transformers
 
+from orca_jax.config import load_config_file
 from orca_jax.pipeline import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_config(name, variant="smoke"):
-    from ml_collections import config_flags  # noqa: F401  (the same loader the command line uses)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return load_config_file(ROOT / "configs" / f"{name}.py", variant)
 
 
 @pytest.mark.slow

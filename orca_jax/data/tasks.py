@@ -105,12 +105,18 @@ def _digits() -> _Loaded:
 TASK_LOADERS: dict[str, Callable[[], _Loaded]] = {"mnist1d": _mnist1d, "digits": _digits}
 
 
-def load_task(name: str, *, val_fraction: float = 0.1, seed: int = 0) -> Task:
-    """Task `name` with a validation split of `val_fraction` of its training data, drawn with `seed`."""
+def load_task(name: str, *, val_fraction: float = 0.1, seed: int = 0, train_size: int | None = None) -> Task:
+    """Task `name` with a validation split of `val_fraction` of its training data, drawn with `seed`; `train_size`
+    keeps a seeded subset of the remaining training examples (smoke runs, data-limited experiments)."""
     if name not in TASK_LOADERS:
         raise ValueError(f"Unknown task {name!r}; known: {sorted(TASK_LOADERS)}.")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction={val_fraction} must be strictly between 0 and 1 (e.g. 0.1).")
     loaded = TASK_LOADERS[name]()
     train, val = _split(loaded.train.x, loaded.train.y, val_fraction, seed)
+    if train_size:
+        if not 0 < train_size <= len(train):
+            raise ValueError(f"train_size={train_size} must be in [1, {len(train)}] for task {name!r}.")
+        keep = np.sort(np.random.default_rng(seed).permutation(len(train))[:train_size])
+        train = Split(train.x[keep], train.y[keep])
     return Task(name, train, val, loaded.test, loaded.num_classes, loaded.layout)

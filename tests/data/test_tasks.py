@@ -41,3 +41,14 @@ def test_unknown_task_and_bad_fraction():
         load_task("cifar")
     with pytest.raises(ValueError, match="val_fraction=1.5"):
         load_task("digits", val_fraction=1.5)
+
+
+def test_train_size_keeps_a_seeded_subset_of_the_training_split():
+    full = load_task("mnist1d", seed=3)
+    small = load_task("mnist1d", seed=3, train_size=100)
+    assert len(small.train) == 100 and len(small.val) == len(full.val) and len(small.test) == len(full.test)
+    rows = {row.tobytes() for row in full.train.x}
+    assert all(row.tobytes() in rows for row in small.train.x)  # drawn from the training split, not val or test
+    np.testing.assert_array_equal(small.train.x, load_task("mnist1d", seed=3, train_size=100).train.x)
+    with pytest.raises(ValueError, match="train_size=999999"):
+        load_task("mnist1d", train_size=999999)
