@@ -1,4 +1,4 @@
-"""Distributed start-up, the device mesh, and placing host data on it."""
+"""Distributed start-up, the device mesh, where parameters live on it, and placing host data on it."""
 
 from orca_jax.parallel.mesh import (
     batch_from_process_rows,
@@ -8,12 +8,28 @@ from orca_jax.parallel.mesh import (
     process_rows,
     replicated,
 )
+from orca_jax.parallel.sharding import (
+    DEFAULT_RULES,
+    MIN_SHARD_BYTES,
+    bytes_per_device,
+    init_optimizer,
+    init_params,
+    optimizer_shardings,
+    param_shardings,
+)
 
 __all__ = [
+    "DEFAULT_RULES",
+    "MIN_SHARD_BYTES",
     "batch_from_process_rows",
+    "bytes_per_device",
     "global_batch",
+    "init_optimizer",
+    "init_params",
     "initialize_distributed",
     "make_mesh",
+    "optimizer_shardings",
+    "param_shardings",
     "process_rows",
     "replicated",
 ]
