@@ -1,13 +1,7 @@
 """Distributed start-up, the device mesh, where parameters live on it, and placing host data on it."""
 
-from orca_jax.parallel.mesh import (
-    batch_from_process_rows,
-    global_batch,
-    initialize_distributed,
-    make_mesh,
-    process_rows,
-    replicated,
-)
+from orca_jax.parallel.mesh import batch_from_process_rows, global_batch, make_mesh, process_rows, replicated
+from orca_jax.parallel.multihost import PreemptionGuard, initialize_distributed, is_main_process
 from orca_jax.parallel.sharding import (
     DEFAULT_RULES,
     MIN_SHARD_BYTES,
@@ -21,12 +15,14 @@ from orca_jax.parallel.sharding import (
 __all__ = [
     "DEFAULT_RULES",
     "MIN_SHARD_BYTES",
+    "PreemptionGuard",
     "batch_from_process_rows",
     "bytes_per_device",
     "global_batch",
     "init_optimizer",
     "init_params",
     "initialize_distributed",
+    "is_main_process",
     "make_mesh",
     "optimizer_shardings",
     "param_shardings",

@@ -1,38 +1,16 @@
 """The device mesh from the config, and global arrays on it.
 
-Axes are `("data", "fsdp")`. They are created as `AxisType.Auto` on purpose: orca-jax places inputs and parameters
-with explicit `NamedSharding`s and lets XLA's partitioner propagate shardings through the step, which is what a
-jitted step written as ordinary array code needs (jax >= 0.10 `make_mesh` defaults to Explicit axes, under which
-every sharded op must be annotated).
+Axes are `("data", "fsdp")`; what each is for, and which parameters are split over them, is in `sharding.py`. They
+are created as `AxisType.Auto` on purpose: orca-jax places inputs and parameters with explicit `NamedSharding`s and
+lets XLA's partitioner propagate shardings through the step, which is what a jitted step written as ordinary array
+code needs (jax >= 0.10 `make_mesh` defaults to Explicit axes, under which every sharded op must be annotated).
 """
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
-
-_distributed_started = False
-
-
-def initialize_distributed() -> None:
-    """Starts the multi-host runtime once, when the environment describes several processes; else a no-op.
-
-    `jax.distributed.initialize()` finds the coordinator on TPU pods and under SLURM / Open MPI by itself; elsewhere
-    set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (read by jax).
-    """
-    global _distributed_started
-    if _distributed_started:
-        return
-    multi_host = any(
-        os.environ.get(name)
-        for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
-    )
-    if multi_host:
-        jax.distributed.initialize()
-    _distributed_started = True
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
