@@ -10,6 +10,7 @@ from orca_jax.parallel.sharding import (
     init_params,
     optimizer_shardings,
     param_shardings,
+    place,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "make_mesh",
     "optimizer_shardings",
     "param_shardings",
+    "place",
     "process_rows",
     "replicated",
 ]

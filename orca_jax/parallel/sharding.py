@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -193,6 +194,23 @@ def init_optimizer(optimizer: optax.GradientTransformation, params, shardings):
     """(opt_state, opt_shardings): `optimizer.init(params)` created directly with `optimizer_shardings`."""
     opt_shardings = optimizer_shardings(jax.eval_shape(optimizer.init, params), params, shardings)
     return jax.jit(optimizer.init, out_shardings=opt_shardings)(params), opt_shardings
+
+
+def place(tree, shardings):
+    """A copy of `tree` (arrays that every process holds whole and equal, e.g. loaded pretrained weights) laid out
+    as `shardings`, each device receiving only its shards.
+
+    Always a new copy, so the result can be donated to a step without deleting the model's own arrays. Across
+    processes a `jax.Array` committed to a local device cannot go straight to other processes' devices
+    (`jax.device_put` refuses), so it goes through host memory, one leaf at a time.
+    """
+
+    def put(x, sharding):
+        if isinstance(x, jax.Array) and not sharding.is_fully_addressable:
+            x = np.asarray(x)
+        return jax.device_put(x, sharding, may_alias=False)
+
+    return jax.tree.map(put, tree, shardings)
 
 
 def bytes_per_device(tree) -> dict[jax.Device, int]:

@@ -21,6 +21,7 @@ from orca_jax.parallel import (
     make_mesh,
     optimizer_shardings,
     param_shardings,
+    place,
     replicated,
 )
 from orca_jax.parallel.sharding import path_name
@@ -115,6 +116,18 @@ def test_parameters_and_optimizer_state_are_born_sharded(mesh):
     assert len(held) == 8 and max(held.values()) <= 0.26 * total, (total, held)
     # With the default 1 MiB threshold this tiny model would stay whole on every device, as with fsdp = 1.
     assert set(specs(param_shardings(jax.eval_shape(model_params), mesh)).values()) == {P()}
+
+
+def test_loaded_weights_are_placed_as_a_copy(mesh):
+    weights = {"kernel": jnp.arange(64.0).reshape(8, 8), "bias": jnp.arange(8.0)}
+    shardings = param_shardings(weights, mesh, min_shard_bytes=0)
+    placed = place(weights, shardings)
+    assert placed["kernel"].sharding == shardings["kernel"] and len(bytes_per_device(placed)) == 8
+    jax.jit(lambda tree: tree, donate_argnums=0)(placed)  # donating the copy leaves the originals alive
+    np.testing.assert_array_equal(weights["kernel"], np.arange(64.0).reshape(8, 8))
+    one = make_mesh(devices=jax.devices()[:1])  # even where the layout is unchanged
+    copy = place(weights, param_shardings(weights, one))
+    assert copy["bias"].unsafe_buffer_pointer() != weights["bias"].unsafe_buffer_pointer()
 
 
 @pytest.mark.parametrize("name, mode", [("adamw", "all"), ("sgd", "layernorm"), ("adam", "non-attn")])

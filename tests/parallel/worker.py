@@ -24,6 +24,7 @@ from orca_jax.parallel import (
     initialize_distributed,
     is_main_process,
     make_mesh,
+    place,
     process_rows,
     replicated,
 )
@@ -82,9 +83,10 @@ def sharded(out: Path) -> None:
     # Each process contributes its own value; everyone receives all of them.
     gathered = process_allgather(np.array([jax.process_index()]), tiled=True)
     np.testing.assert_array_equal(gathered, [0, 1])
-    # A host array that every process holds whole goes straight onto a global sharding (pretrained weights).
+    # Weights every process holds whole (loaded from a checkpoint), even committed to a local device, go onto a
+    # global sharding, each device receiving its shard.
     table = np.arange(32.0, dtype=np.float32).reshape(8, 4)
-    placed = jax.device_put(table, NamedSharding(mesh, P("fsdp")))
+    placed = place(jax.device_put(table, jax.local_devices()[1]), NamedSharding(mesh, P("fsdp")))
     for shard in placed.addressable_shards:
         np.testing.assert_array_equal(shard.data, table[shard.index])
     np.testing.assert_array_equal(process_allgather(placed, tiled=True), table)
