@@ -13,9 +13,10 @@ fake CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=N`, as the t
 Preemption (`PreemptionGuard`): a scheduler's SIGTERM may reach one process only, but a checkpoint needs every
 process at the same step. With several processes the guard uses JAX's preemption sync service: the runtime catches
 SIGTERM (it installs its own handler at start-up), tells the coordinator, and every process's
-`reached_preemption_sync_point(step)` becomes true at one agreed step (the largest step any process had reached,
-plus one). Checking costs no collective: about 0.3 µs per step on CPU, against about 4 ms for a
-`process_allgather` of one flag. With one process it is a plain SIGTERM flag.
+`reached_preemption_sync_point(step)` becomes true at one agreed step (the largest step any process had reported,
+plus one). Checking involves no collective: measured on 2 CPU processes, 0.3 µs per check in a tight loop and
+13-17 µs inside a training-like loop, against 4-6 ms for a `process_allgather` of one flag, which every process
+would otherwise have to run (and wait for) at every step. With one process the guard is a plain SIGTERM flag.
 
 A non-finite loss needs no agreement: the loss a jitted step returns is one global value that every process reads
 identically, so every process takes the same decision from it.
@@ -95,9 +96,11 @@ class PreemptionGuard:
                     raise SystemExit(...)
 
     `step` must increase by one from call to call and be the same on every process (the global step of the run, so
-    a resumed run continues the count): with several processes, the agreed stop is a step number, and a process
-    that skipped it would not stop. With several processes SIGTERM is caught by JAX's runtime from start-up on, so
-    a loop that does not poll a guard no longer dies on it.
+    a resumed run continues the count): with several processes the agreed stop is a step number, and a process
+    that skipped it would not stop. JAX computes that number once per process lifetime, from the last step each
+    process passed to any guard, so loops that follow each other (align, then refine) should continue one count;
+    a notice that arrives between loops (during evaluation, before the first loop) stops the next loop at its start.
+    With several processes JAX's runtime catches SIGTERM from start-up on: code that polls no guard ignores it.
     """
 
     def __init__(self):
