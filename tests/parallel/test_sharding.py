@@ -53,7 +53,9 @@ def specs(shardings) -> dict[str, P]:
 
 
 def finetune_optimizer(name, mode, accum=2):
-    opt = ConfigDict(dict(name=name, learning_rate=1e-2, weight_decay=0.01, momentum=0.9, b1=0.9, b2=0.98, eps=1e-8))
+    # eps 1e-3, not 1e-8: Adam would turn the rounding noise of gradients that are exactly 0 in theory (a key bias,
+    # which softmax ignores) into learning-rate-sized steps of either sign, different in each layout.
+    opt = ConfigDict(dict(name=name, learning_rate=1e-2, weight_decay=0.01, momentum=0.9, b1=0.9, b2=0.98, eps=1e-3))
     refine = ConfigDict(dict(finetune_method=mode, accum=accum, clip=1.0, warmup_epochs=1, decay_epochs=3))
     return make_finetune_optimizer(opt, refine, steps_per_epoch=4)
 
@@ -71,30 +73,36 @@ def test_fsdp_splits_the_largest_dividing_dimension_and_falls_back_to_replicatio
 
 
 def test_first_matching_rule_wins_and_unmatched_parameters_are_replicated(mesh):
+    param = lambda *shape: nnx.Param(jax.ShapeDtypeStruct(shape, jnp.float32))  # noqa: E731  as from eval_shape
+    layer = lambda: {"attention": {"qkv": {"kernel": param(32, 96), "bias": param(96)}},  # noqa: E731
+                     "mlp": {"kernel": param(32, 64), "bias": param(64)}}
+    params = {"embedder": {"position": param(40, 32), "projection": param(2, 4, 32)},
+              "body": {"layers": {0: layer(), 1: layer()}}, "head": {"kernel": param(32, 4)}}
     rules = (
-        ("body/layers/0/attention/.*", "replicate"),
+        ("body/layers/0/.*", "replicate"),
         ("body/.*/kernel", ("fsdp", None)),
         ("body/.*", "fsdp"),
-        ("embedder/position/.*", [None, ["data", "fsdp"]]),  # lists, as a config written to JSON holds them
+        ("embedder/position", [None, ["data", "fsdp"]]),  # lists, as a config written to JSON holds them
     )
-    got = specs(param_shardings(jax.eval_shape(model_params), mesh, rules, min_shard_bytes=0))
-    assert got["body/layers/0/attention/query/kernel"] == P()
-    assert got["body/layers/0/mlp_out/kernel"] == P("fsdp", None)
-    assert got["body/layers/0/mlp_in/kernel"] == P("fsdp", None)  # the explicit rule, not fsdp's largest dimension
-    assert got["body/layers/0/mlp_in/bias"] == P("fsdp")
-    assert got["embedder/position/embedding"] == P(None, ("data", "fsdp"))
-    assert got["embedder/projection/kernel"] == P()
-    assert got["head/linear/kernel"] == P()
+    got = specs(param_shardings(params, mesh, rules, min_shard_bytes=0))
+    assert got == {
+        "body/layers/0/attention/qkv/kernel": P(), "body/layers/0/attention/qkv/bias": P(),
+        "body/layers/0/mlp/kernel": P(), "body/layers/0/mlp/bias": P(),
+        # the explicit rule, not fsdp's choice of the largest dimension
+        "body/layers/1/attention/qkv/kernel": P("fsdp", None), "body/layers/1/mlp/kernel": P("fsdp", None),
+        "body/layers/1/attention/qkv/bias": P("fsdp"), "body/layers/1/mlp/bias": P("fsdp"),
+        "embedder/position": P(None, ("data", "fsdp")), "embedder/projection": P(), "head/kernel": P(),
+    }
 
 
 def test_bad_rules_are_errors_that_name_the_problem(mesh):
-    params = jax.eval_shape(model_params)
-    with pytest.raises(ValueError, match=r"head/linear/bias \(shape \(4,\)\) over \('data', 'fsdp'\) = 8"):
-        param_shardings(params, mesh, (("head/linear/bias", (("data", "fsdp"),)),))
+    params = {"head": abstract(bias=(4,), kernel=(32, 4))}
+    with pytest.raises(ValueError, match=r"head/bias \(shape \(4,\)\) over \('data', 'fsdp'\) = 8"):
+        param_shardings(params, mesh, (("head/bias", (("data", "fsdp"),)),))
     with pytest.raises(ValueError, match="names axes \\['model'\\]"):
         param_shardings(params, mesh, ((".*", ("model",)),))
-    with pytest.raises(ValueError, match="has 2 entries but head/linear/bias has shape"):
-        param_shardings(params, mesh, (("head/linear/bias", ("fsdp", None)),))
+    with pytest.raises(ValueError, match="has 2 entries but head/bias has shape"):
+        param_shardings(params, mesh, (("head/bias", ("fsdp", None)),))
     with pytest.raises(ValueError, match="are \\(regex, rule\\) pairs"):
         param_shardings(params, mesh, (".*", "fsdp"))
     with pytest.raises(ValueError, match="'shard' for '.\\*' is not"):
@@ -193,16 +201,10 @@ def test_sharded_train_steps_equal_one_device(mesh, name, mode):
     held = bytes_per_device(params)
     assert max(held.values()) <= 0.26 * sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    moved = 0
-    for (path, a), b, b0 in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(want_params),
-                                jax.tree.leaves(model_params())):
-        if path_name(path).endswith("attention/key/bias"):
-            # Softmax ignores a bias shared by all keys: its true gradient is 0, its computed one rounding noise
-            # that Adam scales up to learning-rate-sized steps of either sign.
-            continue
-        # Float32 reduction order differs between the layouts; Adam amplifies it where a gradient is near zero.
-        # Measured: at most 8e-5 of how far the steps moved the tensor (AdamW), 5e-6 (SGD).
-        movement = np.max(np.abs(b - b0))
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * movement, err_msg=path_name(path))
-        moved += movement > 0
-    assert moved > 10  # the steps trained
+    initial = jax.tree.leaves(model_params())
+    movement = [np.max(np.abs(b - b0)) for b, b0 in zip(jax.tree.leaves(want_params), initial)]
+    assert sum(m > 0 for m in movement) > 10  # the steps trained
+    # Float32 reduction order differs between the layouts. Measured: differences up to 6e-6 of the largest distance
+    # any parameter moved (AdamW and SGD, with the fused and the separate query/key/value projections).
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(want_params)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * max(movement), err_msg=path_name(path))
