@@ -1,6 +1,6 @@
 """The config schema every `configs/*.py` file starts from (ml_collections), with the official defaults.
 
-Sections: `task`, `body`, `embedder`, `source` (the proxy source set for alignment), `align`, `optimizer` (the
+Sections: `task`, `data`, `body`, `embedder`, `source` (the proxy source set for alignment), `align`, `optimizer` (the
 fine-tuning optimizer; the align stage uses its family at 10x its learning rate), `refine`, `mesh`. A field that a
 config file or the command line sets but the schema lacks is an error (configs are locked), so a typo cannot
 silently fall back to a default.
@@ -17,7 +17,19 @@ def base_config() -> ConfigDict:
     c.seed = 0
     c.batch_size = 32  # the task's batch size; the align stage also uses it (see train/align.py)
     c.eval_batch_size = 256  # evaluation only: metrics are computed over the whole split whatever this is
-    c.task = ConfigDict(dict(name="mnist1d", val_fraction=0.1, train_size=0))  # train_size > 0: a seeded subset
+    # name: a registered task, npz:PATH (your arrays) or tfds:NAME (orca_jax/data/tasks.py). kind "" = the task's
+    # own (orca_jax/data/kinds.py). test_fraction: held out as test where the data has none. train_size > 0: a
+    # seeded subset. num_classes 0 = from the data. Loss options (orca_jax/train/objective.py): loss / metric /
+    # class_weighting "" = the kind's; pos_weight, clip_targets <= 0 = none; normalize_targets none | elementwise
+    # | global.
+    c.task = ConfigDict(
+        dict(
+            name="mnist1d", kind="", data_dir="", val_fraction=0.1, test_fraction=0.2, train_size=0, num_classes=0,
+            loss="", metric="", class_weighting="", pos_weight=0.0, clip_targets=0.0, normalize_targets="none",
+        )
+    )
+    # Input pipelines (orca_jax/data/loader.py): batches read ahead on `threads` threads, or in `workers` processes.
+    c.data = ConfigDict(dict(threads=2, prefetch=4, workers=0))
     # checkpoint: a hub id or a snapshot directory; dtype: float32 or bfloat16 parameters; dropout: the body's hidden
     # and attention dropout (the official drop_out; 0 in the NAS-Bench-360 and PDE configs), < 0 keeps the checkpoint's.
     c.body = ConfigDict(dict(checkpoint="roberta-base", dtype="float32", dropout=-1.0))
@@ -51,6 +63,9 @@ def base_config() -> ConfigDict:
             warmup_epochs=5,
             decay_epochs=60,
             checkpoint_every=1,
+            # best: test with the parameters of the best validation epoch; last: with the last epoch's (for
+            # validation splits too small to select on).
+            select="best",
         )
     )
     c.mesh = ConfigDict(dict(data=-1, fsdp=1))

@@ -1,4 +1,4 @@
-"""ORCA end to end from a config: task data, pretrained body, embedder, model, source features, align.
+"""ORCA end to end from a config: task data, pretrained body, embedder, head, source features, align, refine.
 
 `scripts/train.py` is a thin command line around `run`; everything here is importable for notebooks and sweeps.
 """
@@ -15,15 +15,17 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from orca_jax.data.source_features import load_or_compute
-from orca_jax.data.tasks import Task, load_task
+from orca_jax.data.kinds import get_task_kind
+from orca_jax.data.tasks import Task, check_task, load_task
 from orca_jax.models import from_pretrained
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
-from orca_jax.models.heads import ClassificationHead
+from orca_jax.models.heads import ClassificationHead, ImageDenseHead, SequenceDenseHead
 from orca_jax.models.orca import OrcaModel
 from orca_jax.models.swin import Swin
 from orca_jax.ot import pseudo_labels
 from orca_jax.parallel import make_mesh
 from orca_jax.train.align import run_align
+from orca_jax.train.objective import TaskObjective, make_objective
 from orca_jax.train.refine import run_refine
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,8 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_model(config: ConfigDict, task: Task) -> OrcaModel:
-    """The pretrained body wrapped with the embedder for the task's input layout and a classification head."""
+def build_model(config: ConfigDict, task: Task, objective: TaskObjective) -> OrcaModel:
+    """The pretrained body wrapped with the embedder for the task's input layout and the head of its kind."""
     if config.body.dtype not in _DTYPES:
         raise ValueError(f"body.dtype={config.body.dtype!r}; use one of {sorted(_DTYPES)}.")
     dtype = _DTYPES[config.body.dtype]
@@ -56,34 +58,69 @@ def build_model(config: ConfigDict, task: Task) -> OrcaModel:
             rngs=rngs,
         )
         width = body.config.hidden_size
-    return OrcaModel(embedder, body, ClassificationHead(width, task.num_classes, dtype=dtype, rngs=rngs))
+    return OrcaModel(embedder, body, build_head(task, objective, body, embedder, width, dtype, rngs))
+
+
+def build_head(task: Task, objective: TaskObjective, body, embedder, width: int, dtype, rngs: nnx.Rngs) -> nnx.Module:
+    """The kind's head: linear for classes, labels and values; the official dense heads for per-position targets
+    (their last target axis, when there is one, is the channel axis)."""
+    kind, shape = objective.kind, task.target_shape
+    if kind.head == "linear":
+        outputs = objective.num_outputs if kind.targets == "values" else task.num_classes
+        return ClassificationHead(width, outputs, dtype=dtype, rngs=rngs)
+    if kind.head == "dense_1d":
+        return SequenceDenseHead(shape[1] if len(shape) == 2 else 1, embedder.stride)
+    return ImageDenseHead.from_body(body, out_channels=shape[2] if len(shape) == 3 else 1, output_size=shape[:2],
+                                    rngs=rngs)
 
 
 def align_labels(task: Task, seed: int) -> np.ndarray:
-    """Class ids for the align stage: the labels of a classification task; otherwise (dense outputs, multi-label
-    targets) k-means pseudo-labels, k = 10, of the flattened targets, as the official code does."""
-    if task.kind == "classification":
-        return task.train.y
-    return pseudo_labels(task.train.y, num_clusters=10, seed=seed)
+    """What the align stage groups target examples by: the classes of single-label kinds; otherwise (dense outputs,
+    multi-label targets, regression) k-means pseudo-labels, k = 10, of the flattened targets, as officially."""
+    if get_task_kind(task.kind).align_labels == "classes":
+        return np.asarray(task.train.y)
+    return pseudo_labels(np.asarray(task.train.y), num_clusters=10, seed=seed)
 
 
-def run(config: ConfigDict, workdir: str | Path) -> dict:
-    """Runs the configured stages in `workdir` (resuming what is there) and returns the summary it also saves."""
+def load_configured_task(config: ConfigDict) -> Task:
+    t = config.task
+    return load_task(
+        t.name, kind=t.kind or None, data_dir=t.data_dir or None, val_fraction=t.val_fraction,
+        test_fraction=t.test_fraction, seed=config.seed, train_size=t.train_size or None,
+        num_classes=t.num_classes or None,
+    )
+
+
+def run(config: ConfigDict, workdir: str | Path, task: Task | None = None) -> dict:
+    """Runs the configured stages in `workdir` (resuming what is there) and returns the summary it also saves.
+
+    `task`: data given from Python (e.g. `orca_jax.data.task_from_arrays(x, y, kind=...)`) instead of
+    `config.task.name`; the config's loss options still apply.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
-    task = load_task(
-        config.task.name, val_fraction=config.task.val_fraction, seed=config.seed,
-        train_size=config.task.train_size or None,
-    )
-    model = build_model(config, task)
-    summary: dict = {"task": task.name, "body": str(config.body.checkpoint)}
+    if task is None:
+        task = load_configured_task(config)
+    else:
+        check_task(task)
+    objective = make_objective(task, config.task)
+    model = build_model(config, task, objective)
+    summary: dict = {"task": task.name, "kind": task.kind, "body": str(config.body.checkpoint)}
     if config.align.epochs > 0:
         source = load_or_compute(
             config.body.checkpoint, config.source.name, size=config.source.size, seed=config.source.seed,
             cache_dir=config.source.cache_dir or None, data_dir=config.source.data_dir or None, body=model.body,
         )
+        distinct = len(np.unique(source.features, axis=0))
+        if distinct < 2:
+            raise ValueError(
+                f"The {len(source.features)} source features in {source.path} are all identical, so no distance to them "
+                "can guide the embedder: the body's tokenizer probably does not fit its vocabulary (unknown tokens "
+                "everywhere), or the body is degenerate. Check the checkpoint's tokenizer files, then delete the cached "
+                "features."
+            )
         width = model.embedder.norm.scale.shape[0]
         if source.features.shape[1] != width:
             raise ValueError(
@@ -93,7 +130,7 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
         result = run_align(
             model, task.train.x, align_labels(task, config.seed), (source.features, source.labels), config.align,
             config.optimizer,
-            batch_size=config.batch_size, mesh=mesh, workdir=workdir, seed=config.seed,
+            batch_size=config.batch_size, mesh=mesh, workdir=workdir, seed=config.seed, data=config.data,
         )
         summary["align"] = {
             "objective": config.align.objective,
@@ -102,13 +139,16 @@ def run(config: ConfigDict, workdir: str | Path) -> dict:
             "seconds": result.seconds,
         }
     if config.refine.epochs > 0:
-        result = run_refine(model, task, config, mesh=mesh, workdir=workdir)
+        result = run_refine(model, task, objective, config, mesh=mesh, workdir=workdir)
         summary["refine"] = {
             "metric": result.metric,
+            "selected": config.refine.select,
             "best_epoch": result.best_epoch,
             f"best_val_{result.metric}": result.best_val,
             f"test_{result.metric}": result.test,
             "seconds": result.seconds,
         }
+        if result.notes:
+            summary["refine"]["notes"] = result.notes
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

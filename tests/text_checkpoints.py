@@ -1,5 +1,6 @@
 """Tiny random BERT-family checkpoints written with transformers' save_pretrained, for parity and loading tests."""
 
+import string
 from pathlib import Path
 
 import torch
@@ -30,8 +31,17 @@ TINY_TEXT_CONFIGS = {
 }
 
 
-def save_tiny_text_model(name: str, directory: Path, *, task_model: bool = False, seed: int = 0) -> Path:
-    """Saves a random model of TINY_TEXT_CONFIGS[name]; `task_model` saves a ...ForSequenceClassification."""
+# A character-level WordPiece vocabulary of 87 entries ([PAD] at 1, RoBERTa's pad id): any lower-case English text
+# tokenizes into ids that fit a tiny model's embedding table, so source sentences get distinct features.
+_CHARS = list(string.ascii_lowercase) + list(string.digits)
+TINY_VOCAB = ["[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]"] + _CHARS + ["##" + c for c in _CHARS] + list(".,()_:'\"=-")
+
+
+def save_tiny_text_model(
+    name: str, directory: Path, *, task_model: bool = False, seed: int = 0, tokenizer: bool = False
+) -> Path:
+    """Saves a random model of TINY_TEXT_CONFIGS[name]; `task_model` saves a ...ForSequenceClassification;
+    `tokenizer` adds a character-level tokenizer (for source features of text sets)."""
     config_cls, kwargs = TINY_TEXT_CONFIGS[name]
     config = config_cls(**kwargs)
     torch.manual_seed(seed)
@@ -45,4 +55,8 @@ def save_tiny_text_model(name: str, directory: Path, *, task_model: bool = False
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(directory)
+    if tokenizer:
+        if len(TINY_VOCAB) > config.vocab_size:
+            raise ValueError(f"{name} has {config.vocab_size} token ids, fewer than the tiny tokenizer's {len(TINY_VOCAB)}.")
+        transformers.BertTokenizer(vocab={t: i for i, t in enumerate(TINY_VOCAB)}).save_pretrained(directory)
     return directory

@@ -11,7 +11,7 @@ from orca_jax.data.source_features import (
 )
 from orca_jax.data.source_set import OFFICIAL_SOURCE_SIZE, SourceSet
 from orca_jax.data.sources import SOURCES, load_source
-from orca_jax.data.tasks import TASK_LOADERS, Split, Task, load_task
+from orca_jax.data.tasks import TASK_LOADERS, Split, Task, TaskData, check_task, load_task, task_from_arrays
 
 __all__ = [
     "OFFICIAL_SOURCE_SIZE",
@@ -21,12 +21,15 @@ __all__ = [
     "Split",
     "TASK_LOADERS",
     "Task",
+    "TaskData",
     "default_cache_dir",
     "embed_source",
     "image_features",
     "load_or_compute",
     "load_source",
+    "check_task",
     "load_task",
     "mean_squared_pairwise_distance",
+    "task_from_arrays",
     "text_features",
 ]

@@ -1,41 +1,108 @@
-"""Target tasks: a registry of loaders returning train / validation / test arrays and what a model needs to know.
+"""Target tasks: train / validation / test splits and what a model needs to know about them.
 
-Inputs are channels-last float32 (`[N, length, channels]` for sequences, `[N, height, width, channels]` for
-images), labels int32. The validation split is carved from the training data with a seeded permutation
-(`val_fraction`, default 10 %), so model selection never sees the test split (the official code selects on test).
-A loader returns (train, test); tasks without an official test split fix theirs with a constant seed, so the test
-set does not move with `seed`.
+A `Task` holds three `Split`s, the input layout ("NLC": `[N, length, channels]` sequences for text bodies; "NHWC":
+`[N, height, width, channels]` images for Swin), its kind (`orca_jax.data.kinds`: the targets' meaning, which picks
+head, loss, metric and align labels) and, for class-valued kinds, the number of classes.
 
-- `mnist1d`: generated locally by the `mnist1d` package (`make_dataset(get_dataset_args())`: 4,000 train, 1,000
-  test, length 40, 10 classes); never `get_dataset`, which downloads.
-- `digits`: scikit-learn's bundled 8x8 digits (1,797 images scaled to [0, 1], 10 classes), 20 % held out as test.
+Arrays: a split's `x` and `y` may be anything with `shape`, `dtype`, `len()` and indexing by an integer array of
+rows: NumPy arrays, memory-mapped arrays (`np.load(path, mmap_mode="r")`), or a lazy reader of files too large for
+memory (see `Rows`). Batches are read through those indices only (`orca_jax.data.loader`), so a task's size never
+decides whether it runs; inputs of any numeric dtype are cast to float32 per batch, class ids to int32, other
+targets to float32.
 
-Add a task by adding a loader to `TASK_LOADERS`.
+Where tasks come from (`load_task(name)`):
+- a registered loader (`TASK_LOADERS`): `mnist1d` (generated locally by the `mnist1d` package: 4,000 train, 1,000
+  test, length 40, 10 classes; never `get_dataset`, which downloads), `digits` (scikit-learn's bundled 8x8 digits,
+  20 % held out as test), and the benchmark tasks registered by their modules;
+- `npz:PATH`, your own arrays (`orca_jax.data.own_data`), and `tfds:NAME`, any tensorflow-datasets image or sequence
+  classification dataset (`orca_jax.data.tfds_tasks`);
+- from Python, `task_from_arrays(...)` with arrays in memory.
+The validation split is carved from the training data with a seeded permutation (`val_fraction`), so model
+selection never sees the test split (the official code selects on test). Tasks without a published test split hold
+one out with a constant seed, so the test set does not move with `seed`. `check_task` validates everything a run
+relies on before any model is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import random
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from orca_jax.data.kinds import TASK_KINDS, get_task_kind
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = {"NLC": 3, "NHWC": 4}  # layout -> rank of x, batch axis included
 _DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED = 0.2, 0
+HELD_OUT_TEST_SEED = 0  # the constant seed of test splits held out from data that ships none
+_FULL_CHECK_BYTES = 1 << 30  # arrays up to this size are checked for NaN/inf whole; larger ones on a sample
+_SAMPLE_ROWS = 256
+
+
+class Rows:
+    """A lazy selection of rows of another array: indexing reads only the rows asked for, in ascending order (the
+    fast order for memory maps and chunked files). Holding a split of a 200 GB memory map costs its indices."""
+
+    def __init__(self, base: Any, index: np.ndarray):
+        self.base, self.index = base, np.asarray(index, np.int64)
+        self.shape = (len(self.index), *base.shape[1:])
+        self.dtype = base.dtype
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        wanted = self.index[rows]
+        if np.ndim(wanted) == 0:
+            return np.asarray(self.base[int(wanted)])
+        order = np.argsort(wanted, kind="stable")
+        values = np.asarray(self.base[wanted[order]])
+        out = np.empty_like(values)
+        out[order] = values
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[np.arange(len(self))], dtype=dtype)
+
+
+def take_rows(array: Any, index: np.ndarray) -> Any:
+    """`array[index]`: a copy for arrays in memory (cheap, and faster to batch from), a lazy `Rows` for memory maps
+    and file readers, which must not be read whole."""
+    if type(array) is np.ndarray:
+        return array[index]
+    if isinstance(array, Rows):  # a selection of a selection reads the original rows
+        return Rows(array.base, array.index[index])
+    return Rows(array, index)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Split:
-    x: np.ndarray  # float32, channels last
-    y: np.ndarray  # int32 [N]
+    x: Any  # [N, *input_shape], channels last
+    y: Any  # [N, *target_shape]
 
     def __post_init__(self):
         if len(self.x) != len(self.y):
-            raise ValueError(f"Split has {len(self.x)} inputs but {len(self.y)} labels.")
+            raise ValueError(f"Split has {len(self.x)} inputs but {len(self.y)} targets.")
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def take(self, index: np.ndarray) -> Split:
+        return Split(take_rows(self.x, index), take_rows(self.y, index))
+
+
+# A batch augmentation: (inputs [batch, ...] float32, generator) -> inputs of the same shape; training batches only.
+Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -44,30 +111,38 @@ class Task:
     train: Split
     val: Split
     test: Split
-    num_classes: int
-    layout: str  # "NLC" (sequence: batch, length, channels) or "NHWC" (image)
-    kind: str = "classification"
+    layout: str  # "NLC" or "NHWC"
+    kind: str = "classification"  # a key of orca_jax.data.kinds.TASK_KINDS
+    num_classes: int | None = None  # class-valued kinds: classes; multi-label: labels; None for values
+    train_transform: Transform | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """The shape of one example, without the batch axis."""
         return tuple(self.train.x.shape[1:])
 
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.y.shape[1:])
 
-@dataclasses.dataclass(frozen=True)
-class _Loaded:
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TaskData:
+    """What a loader returns: the training data (validation is carved from it), the test split, and defaults."""
+
     train: Split
-    test: Split
-    num_classes: int
+    test: Split | None  # None: a test split is held out with HELD_OUT_TEST_SEED
     layout: str
+    kind: str | None = None  # None: the user must say (`task.kind`)
+    num_classes: int | None = None  # None: inferred from the targets
+    train_transform: Transform | None = None
 
 
-def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[Split, Split]:
-    """(rest, held out): a seeded random `fraction` of the examples held out."""
-    order = np.random.default_rng(seed).permutation(len(y))
-    held = order[: int(round(fraction * len(y)))]
-    rest = np.sort(order[len(held) :])
-    return Split(x[rest], y[rest]), Split(x[np.sort(held)], y[np.sort(held)])
+def held_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(rest, held out): a seeded random `fraction` of the examples held out, both in their original order."""
+    order = np.random.default_rng(seed).permutation(len(split))
+    count = int(round(fraction * len(split)))
+    return split.take(np.sort(order[count:])), split.take(np.sort(order[:count]))
 
 
 @functools.cache
@@ -84,39 +159,225 @@ def _mnist1d_arrays() -> dict[str, np.ndarray]:
     return {k: data[k] for k in ("x", "y", "x_test", "y_test")}
 
 
-def _mnist1d() -> _Loaded:
+def _mnist1d(data_dir: str | None = None) -> TaskData:
     d = _mnist1d_arrays()
     as_inputs = lambda x: np.asarray(x, np.float32)[..., None]  # noqa: E731
     as_labels = lambda y: np.asarray(y, np.int32)  # noqa: E731
-    return _Loaded(
-        Split(as_inputs(d["x"]), as_labels(d["y"])), Split(as_inputs(d["x_test"]), as_labels(d["y_test"])), 10, "NLC"
-    )
+    return TaskData(Split(as_inputs(d["x"]), as_labels(d["y"])), Split(as_inputs(d["x_test"]), as_labels(d["y_test"])),
+                    "NLC", "classification", 10)
 
 
-def _digits() -> _Loaded:
+def _digits(data_dir: str | None = None) -> TaskData:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[..., None]  # integers 0..16 -> [0, 1], one channel
-    train, test = _split(x, digits.target.astype(np.int32), _DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED)
-    return _Loaded(train, test, 10, "NHWC")
+    train, test = held_out(Split(x, digits.target.astype(np.int32)), _DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED)
+    return TaskData(train, test, "NHWC", "classification", 10)
 
 
-TASK_LOADERS: dict[str, Callable[[], _Loaded]] = {"mnist1d": _mnist1d, "digits": _digits}
+# name -> loader(data_dir) -> TaskData. Benchmark modules add their tasks here.
+TASK_LOADERS: dict[str, Callable[..., TaskData]] = {"mnist1d": _mnist1d, "digits": _digits}
 
 
-def load_task(name: str, *, val_fraction: float = 0.1, seed: int = 0, train_size: int | None = None) -> Task:
-    """Task `name` with a validation split of `val_fraction` of its training data, drawn with `seed`; `train_size`
-    keeps a seeded subset of the remaining training examples (smoke runs, data-limited experiments)."""
-    if name not in TASK_LOADERS:
-        raise ValueError(f"Unknown task {name!r}; known: {sorted(TASK_LOADERS)}.")
+def _scheme_loader(name: str) -> Callable[..., TaskData] | None:
+    scheme, sep, _ = name.partition(":")
+    if not sep:
+        return None
+    if scheme == "npz":
+        from orca_jax.data.own_data import load_npz
+
+        return load_npz
+    if scheme == "tfds":
+        from orca_jax.data.tfds_tasks import load_tfds_task
+
+        return load_tfds_task
+    raise ValueError(f"Unknown task scheme {scheme!r} in {name!r}; use npz:PATH or tfds:NAME.")
+
+
+def load_task(
+    name: str,
+    *,
+    kind: str | None = None,
+    data_dir: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    train_size: int | None = None,
+    num_classes: int | None = None,
+) -> Task:
+    """Task `name` (a registered name, `npz:PATH` or `tfds:NAME`), checked (`check_task`).
+
+    `kind` overrides the loader's kind; `val_fraction` of the training data becomes the validation split, drawn
+    with `seed`; `test_fraction` is held out as test where the data has no test split; `train_size` keeps a seeded
+    subset of the remaining training examples (smoke runs, data-limited experiments); `num_classes` overrides the
+    count inferred from the targets.
+    """
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction} must be strictly between 0 and 1 (e.g. 0.1).")
-    loaded = TASK_LOADERS[name]()
-    train, val = _split(loaded.train.x, loaded.train.y, val_fraction, seed)
+        raise ValueError(f"task.val_fraction={val_fraction} must be strictly between 0 and 1 (e.g. 0.1).")
+    loader = _scheme_loader(name)
+    if loader is not None:
+        data = loader(name.partition(":")[2], data_dir=data_dir)
+    elif name in TASK_LOADERS:
+        data = TASK_LOADERS[name](data_dir=data_dir)
+    else:
+        raise ValueError(f"Unknown task {name!r}; known: {sorted(TASK_LOADERS)}, or npz:PATH, tfds:NAME.")
+    return _assemble(name, data, kind=kind, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                     train_size=train_size, num_classes=num_classes)
+
+
+def task_from_arrays(
+    x: Any, y: Any, *, x_test: Any = None, y_test: Any = None, kind: str | None = None, name: str = "arrays",
+    val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0, train_size: int | None = None,
+    num_classes: int | None = None,
+) -> Task:
+    """A task from arrays in memory (or memory-mapped), laid out as `npz:` files are (see `own_data`)."""
+    from orca_jax.data.own_data import task_data_from_arrays
+
+    data = task_data_from_arrays(x, y, x_test, y_test, source=name)
+    return _assemble(name, data, kind=kind, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                     train_size=train_size, num_classes=num_classes)
+
+
+def _assemble(name, data: TaskData, *, kind, val_fraction, test_fraction, seed, train_size, num_classes) -> Task:
+    kind = kind or data.kind
+    if kind is None:
+        raise ValueError(
+            f"Task {name!r}: cannot tell the kind of task from targets of shape {tuple(data.train.y.shape)} and dtype "
+            f"{data.train.y.dtype}; set it, e.g. --config.task.kind=dense_1d (known: {sorted(TASK_KINDS)})."
+        )
+    get_task_kind(kind)
+    test = data.test
+    if test is None:
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"task.test_fraction={test_fraction} must be strictly between 0 and 1 (e.g. 0.2).")
+        train_all, test = held_out(data.train, test_fraction, HELD_OUT_TEST_SEED)
+    else:
+        train_all = data.train
+    train, val = held_out(train_all, val_fraction, seed)
     if train_size:
         if not 0 < train_size <= len(train):
-            raise ValueError(f"train_size={train_size} must be in [1, {len(train)}] for task {name!r}.")
-        keep = np.sort(np.random.default_rng(seed).permutation(len(train))[:train_size])
-        train = Split(train.x[keep], train.y[keep])
-    return Task(name, train, val, loaded.test, loaded.num_classes, loaded.layout)
+            raise ValueError(f"task.train_size={train_size} must be in [1, {len(train)}] for task {name!r}.")
+        train = train.take(np.sort(np.random.default_rng(seed).permutation(len(train))[:train_size]))
+    count = num_classes or data.num_classes or _count_classes(get_task_kind(kind).targets, (train_all, test))
+    task = Task(name, train, val, test, data.layout, kind, count, data.train_transform)
+    check_task(task)
+    return task
+
+
+def _count_classes(targets: str, splits) -> int | None:
+    if targets == "multilabel":
+        return int(splits[0].y.shape[1]) if splits[0].y.ndim == 2 else None
+    if targets == "classes" and all(isinstance(s.y, np.ndarray) for s in splits):
+        return int(max(int(np.max(s.y)) for s in splits if len(s)) + 1)
+    return None
+
+
+# Checks -------------------------------------------------------------------------------------------------------
+
+
+def _rows_to_check(array: Any) -> Any:
+    """The whole array when it is in memory and at most _FULL_CHECK_BYTES, else a fixed sample of its rows."""
+    size = int(np.prod(array.shape)) * np.dtype(array.dtype).itemsize
+    if type(array) is np.ndarray and size <= _FULL_CHECK_BYTES:
+        return array
+    rows = np.unique(np.linspace(0, len(array) - 1, min(len(array), _SAMPLE_ROWS)).astype(np.int64))
+    return np.asarray(array[rows])
+
+
+def _check_finite(where: str, array: Any) -> None:
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    values = _rows_to_check(array)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{where} holds {int(bad.sum())} NaN or infinite values (first at index {tuple(int(i) for i in first)}"
+            f"{' of a sample of rows' if values is not array else ''}); remove or impute them before training."
+        )
+
+
+def check_task(task: Task) -> None:
+    """Raises a ValueError naming the field, the bad value and the fix for anything a run would trip over later:
+    empty splits, ranks and shapes that the layout or the kind's head cannot take, non-numeric inputs, NaN or
+    infinite values, class ids out of range, multi-label targets outside {0, 1}."""
+    kind = get_task_kind(task.kind)
+    if task.layout not in LAYOUTS:
+        raise ValueError(f"Task {task.name!r} has layout {task.layout!r}; use one of {sorted(LAYOUTS)}.")
+    rank = LAYOUTS[task.layout]
+    splits = {"train": task.train, "val": task.val, "test": task.test}
+    for split_name, split in splits.items():
+        where = f"task {task.name!r} {split_name}"
+        if len(split) == 0:
+            fix = ("lower task.val_fraction or add training data" if split_name in ("train", "val")
+                   else "provide test data or a larger task.test_fraction")
+            raise ValueError(f"{where} split is empty; {fix}.")
+        if len(split.x.shape) != rank:
+            raise ValueError(
+                f"{where} inputs have shape {tuple(split.x.shape)}, but {task.layout} inputs have rank {rank} "
+                + ("([N, length, channels]: add a channel axis with x[..., None])" if task.layout == "NLC"
+                   else "([N, height, width, channels]: add a channel axis with x[..., None])") + "."
+            )
+        if tuple(split.x.shape[1:]) != task.input_shape:
+            raise ValueError(f"{where} inputs have example shape {tuple(split.x.shape[1:])} but the training inputs "
+                             f"have {task.input_shape}; every split needs the same shape.")
+        if tuple(split.y.shape[1:]) != task.target_shape:
+            raise ValueError(f"{where} targets have example shape {tuple(split.y.shape[1:])} but the training "
+                             f"targets have {task.target_shape}; every split needs the same shape.")
+        if not (np.issubdtype(split.x.dtype, np.number) or split.x.dtype == bool) or np.issubdtype(
+            split.x.dtype, np.complexfloating
+        ):
+            raise ValueError(f"{where} inputs have dtype {split.x.dtype}; inputs must be real numbers (e.g. "
+                             "x.astype(np.float32)).")
+        _check_finite(f"{where} inputs", split.x)
+        _check_targets(where, task, kind, split.y)
+
+
+def _check_targets(where: str, task: Task, kind, y: Any) -> None:
+    shape, dtype = tuple(y.shape), np.dtype(y.dtype)
+    if kind.targets == "classes":
+        if len(shape) != 1 or not np.issubdtype(dtype, np.integer):
+            raise ValueError(
+                f"{where} targets have shape {shape} and dtype {dtype}, but kind {task.kind!r} takes one integer "
+                "class id per example ([N], e.g. y.astype(np.int64)); for other targets set task.kind (one of "
+                f"{sorted(TASK_KINDS)})."
+            )
+        if task.num_classes is None or task.num_classes < 2:
+            raise ValueError(f"Task {task.name!r} has num_classes={task.num_classes}; classification needs at least 2 "
+                             "(set task.num_classes).")
+        values = _rows_to_check(y)
+        low, high = int(np.min(values)), int(np.max(values))
+        if low < 0 or high >= task.num_classes:
+            raise ValueError(
+                f"{where} targets hold class id {low if low < 0 else high}, outside [0, {task.num_classes}); class ids "
+                "must run from 0 to num_classes - 1 (re-index them, or set task.num_classes)."
+            )
+        return
+    if kind.targets == "multilabel":
+        if len(shape) != 2:
+            raise ValueError(f"{where} targets have shape {shape}; kind {task.kind!r} takes {{0, 1}} targets "
+                             "[N, labels].")
+        values = _rows_to_check(y)
+        if not np.isin(values, (0, 1)).all():
+            bad = values[~np.isin(values, (0, 1))].ravel()[0]
+            raise ValueError(f"{where} targets hold {bad!r}; multi-label targets must be 0 or 1.")
+        return
+    if not (np.issubdtype(dtype, np.number) or dtype == bool):
+        raise ValueError(f"{where} targets have dtype {dtype}; kind {task.kind!r} takes real-valued targets.")
+    _check_finite(f"{where} targets", y)
+    if kind.head == "linear" and len(shape) not in (1, 2):
+        raise ValueError(f"{where} targets have shape {shape}; kind {task.kind!r} (a linear head) takes targets [N] "
+                         "or [N, outputs]; for per-position outputs use a dense kind.")
+    if kind.head == "dense_1d":
+        if task.layout != "NLC" or len(shape) not in (2, 3) or shape[1] != task.input_shape[0]:
+            raise ValueError(
+                f"{where} targets have shape {shape} for inputs {tuple(task.train.x.shape)}; kind {task.kind!r} "
+                "predicts one value (or channel vector) per input position of a sequence: targets [N, length] or "
+                "[N, length, channels] with the inputs' length (the official 1D dense head)."
+            )
+    if kind.head == "dense_2d" and (task.layout != "NHWC" or len(shape) not in (3, 4)):
+        raise ValueError(
+            f"{where} targets have shape {shape} for {task.layout} inputs; kind {task.kind!r} takes image inputs "
+            "and targets [N, height, width] or [N, height, width, channels] (any size: the head pools to it)."
+        )

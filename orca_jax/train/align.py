@@ -34,6 +34,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from orca_jax.data.loader import iterate
 from orca_jax.ot import MMDLoss, OTDDLoss
 from orca_jax.parallel import global_batch, replicated
 from orca_jax.train.run_log import RunLog
@@ -84,6 +85,27 @@ class ClassSampler:
             index[row, :n], index[row, n:] = chosen, chosen[0]
             mask[row, :n] = True
         return index, mask
+
+
+class ClassSamples:
+    """Align epoch e's padded per-class sample as a random-access source for grain (`orca_jax.data.loader.iterate`):
+    drawn with `[seed, e]`, so the input iterator's state (the next epoch) is all a resumed run needs."""
+
+    def __init__(self, sampler: ClassSampler, x, epochs: int, seed: int):
+        self.sampler, self.x, self.epochs, self.seed = sampler, x, epochs, seed
+
+    def __len__(self) -> int:
+        return self.epochs
+
+    def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        index, mask = self.sampler.sample(rng)
+        rows = np.asarray(self.x[index.reshape(-1)]).astype(np.float32, copy=False)
+        return {"x": rows.reshape(*index.shape, *rows.shape[1:]), "mask": mask}
+
+    def __getitem__(self, epoch: int) -> dict[str, np.ndarray]:
+        if not 0 <= epoch < self.epochs:
+            raise IndexError(f"align epoch {epoch} is outside [0, {self.epochs}).")
+        return self.draw(np.random.default_rng([self.seed, int(epoch)]))
 
 
 def build_objective(
@@ -144,11 +166,13 @@ def run_align(
     mesh: Mesh,
     workdir: Path,
     seed: int = 0,
+    data=None,
 ) -> AlignResult:
     """Aligns `model.embedder` in place, resuming from `workdir/align` if a previous run was interrupted.
 
     `config` is the config's `align` section, `optimizer_config` the fine-tuning optimizer (its family, and 10x its
-    learning rate, are the embedder's) and `batch_size` the task's (it sets how many examples a class draws). Writes
+    learning rate, are the embedder's) and `batch_size` the task's (it sets how many examples a class draws); `data`
+    the config's input-pipeline section (threads, prefetch, workers; None: defaults). Writes
     `align_metrics.jsonl` and TensorBoard scalars as it goes, then `align_distance.png`, `align_summary.json` and the
     aligned embedder (`aligned_embedder/`) into `workdir`.
     """
@@ -174,16 +198,17 @@ def run_align(
     step, distance = make_align_step(graphdef, optimizer)
     weights = jax.device_put(sampler.weights, rep)
 
-    def batch(rng):
-        index, mask = sampler.sample(rng)
-        return global_batch(train_x[index], mesh, axis=1), global_batch(mask, mesh, axis=1)
+    samples = ClassSamples(sampler, train_x, config.epochs, seed)
 
-    fixed_x, fixed_mask = batch(np.random.default_rng([seed, 2**31 - 1]))
+    def on_mesh(sample):
+        return global_batch(sample["x"], mesh, axis=1), global_batch(sample["mask"], mesh, axis=1)
+
+    fixed_x, fixed_mask = on_mesh(samples.draw(np.random.default_rng([seed, 2**31 - 1])))
     key = jax.random.key(seed)
     manager = ocp.CheckpointManager(
         (workdir / "align").absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
     )
-    history, start, before = [], 0, None
+    history, start, before, data_state = [], 0, None, None
     if manager.latest_step() is not None:
         start = manager.latest_step()
         target = {"embedder": embedder, "opt_state": opt_state}
@@ -196,18 +221,28 @@ def run_align(
         )
         embedder, opt_state = restored.state["embedder"], restored.state["opt_state"]
         history, before = restored.history["history"], restored.history["distance_before"]
+        data_state = restored.history["data"]
         log.info("align: resumed after epoch %d from %s", start, workdir / "align")
     if before is None:
         before = float(distance(embedder, rest, objective, fixed_x, fixed_mask, weights, key))
     t0 = time.perf_counter()
     run_log = RunLog(workdir, "align")
+    threads, prefetch = (data.threads, data.prefetch) if data is not None else (1, 2)
+    inputs = iterate(samples, state=data_state, threads=threads, prefetch=prefetch)
     bar = tqdm(range(start, config.epochs), desc="align", unit="epoch", initial=start, total=config.epochs)
     for epoch in bar:
-        x, mask = batch(np.random.default_rng([seed, epoch]))
+        x, mask = on_mesh(next(inputs))
         lr = float(schedule(epoch))
         embedder, opt_state, value = step(
             embedder, rest, opt_state, objective, x, mask, weights, jax.random.fold_in(key, epoch)
         )
+        if not np.isfinite(float(value)):
+            manager.wait_until_finished()
+            raise FloatingPointError(
+                f"align: the distance is {float(value)} at epoch {epoch + 1}; stopped without saving (the last good "
+                f"checkpoint, epoch {manager.latest_step()}, is kept). Lower optimizer.learning_rate or "
+                "align.lr_multiplier, or check the inputs."
+            )
         record = {"epoch": epoch + 1, "distance": float(value), "lr": lr, "seconds": time.perf_counter() - t0}
         history.append(record)
         run_log.write(history)
@@ -217,7 +252,9 @@ def run_align(
                 epoch + 1,
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave({"embedder": embedder, "opt_state": opt_state}),
-                    history=ocp.args.JsonSave({"history": history, "distance_before": before}),
+                    history=ocp.args.JsonSave(
+                        {"history": history, "distance_before": before, "data": inputs.get_state()}
+                    ),
                 ),
             )
     manager.wait_until_finished()

@@ -10,6 +10,8 @@ model's raw outputs and the targets as NumPy arrays:
   scores `[n, labels]` (logits or probabilities: both are rank-based, so no threshold is applied, unlike the
   official Cosmic metric), {0, 1} targets. Labels whose targets hold a single class (AUROC), or no positive (AP),
   have no defined value and are left out of the mean; a split where no label is left raises.
+- `auroc` (single-label, tabular): logits `[n, classes]`, integer labels `[n]`; `r2`: outputs and targets of one
+  shape.
 - `relative_l2` (mean of the official LpLoss ratios over examples), `nrmse`: dense outputs and targets.
 Each is reported as is (accuracy, not the official 1 - accuracy); `METRICS[name].higher_is_better` says which way
 is better for model selection.
@@ -21,10 +23,9 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
-from flax import nnx
-from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+from scipy.special import softmax
+from sklearn.metrics import average_precision_score, f1_score, r2_score, roc_auc_score
 
-from orca_jax.models.heads import ClassificationHead, ImageDenseHead, SequenceDenseHead
 from orca_jax.train import losses
 
 
@@ -58,6 +59,21 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     return _mean_over_labels("mean_average_precision", average_precision_score, scores, targets, keep, "a positive")
 
 
+def auroc(logits: np.ndarray, labels: np.ndarray) -> float:
+    """AUROC of a single-label classifier as the official tabular (OpenML) code scores it: two classes, the
+    probability of class 1; more, one-vs-one on the softmax probabilities."""
+    probs = softmax(logits.astype(np.float64), axis=-1)
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    return float(roc_auc_score(labels, probs, multi_class="ovo", labels=np.arange(probs.shape[1])))
+
+
+def r2(outputs: np.ndarray, targets: np.ndarray) -> float:
+    """Coefficient of determination, averaged uniformly over outputs (the official drug-response configs report
+    1 - R^2)."""
+    return float(r2_score(targets.reshape(len(targets), -1), outputs.reshape(len(outputs), -1)))
+
+
 def relative_l2(outputs: np.ndarray, targets: np.ndarray) -> float:
     return float(losses.relative_l2(outputs, targets, reduction="mean"))
 
@@ -77,6 +93,8 @@ METRICS: dict[str, Metric] = {
     "macro_f1": Metric(macro_f1, True),
     "mean_auroc": Metric(mean_auroc, True),
     "mean_average_precision": Metric(mean_average_precision, True),
+    "auroc": Metric(auroc, True),
+    "r2": Metric(r2, True),
     "relative_l2": Metric(relative_l2, False),
     "nrmse": Metric(nrmse, False),
 }
@@ -112,39 +130,11 @@ class MetricAccumulator:
     def __len__(self) -> int:
         return sum(len(t) for t in self._targets)
 
-    def result(self) -> float:
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(outputs, targets) of every real example accumulated so far."""
         if not len(self):
             raise ValueError(f"No examples were accumulated for {self.name}: call update() with at least one real row.")
-        return self.metric.fn(np.concatenate(self._outputs), np.concatenate(self._targets))
+        return np.concatenate(self._outputs), np.concatenate(self._targets)
 
-
-@dataclasses.dataclass(frozen=True)
-class TaskKind:
-    """What a kind of task trains and reports: head class, loss and metric (names in `LOSSES` and `METRICS`)."""
-
-    head: type[nnx.Module]
-    loss: str
-    metric: str
-
-    @property
-    def higher_is_better(self) -> bool:
-        return METRICS[self.metric].higher_is_better
-
-
-# Official pairings: classification (CIFAR-100, NinaPro, Satellite...), ECG (macro-F1), DeepSEA (AUROC), FSD50K
-# (mAP), PDEBench 1D and 2D (nRMSE), NAS-Bench-360 Darcy (relative L2).
-TASK_KINDS: dict[str, TaskKind] = {
-    "classification": TaskKind(ClassificationHead, "cross_entropy", "accuracy"),
-    "classification_f1": TaskKind(ClassificationHead, "cross_entropy", "macro_f1"),
-    "multilabel_auroc": TaskKind(ClassificationHead, "binary_cross_entropy", "mean_auroc"),
-    "multilabel_map": TaskKind(ClassificationHead, "binary_cross_entropy", "mean_average_precision"),
-    "dense_1d": TaskKind(SequenceDenseHead, "nrmse", "nrmse"),
-    "dense_2d": TaskKind(ImageDenseHead, "nrmse", "nrmse"),
-    "dense_2d_relative_l2": TaskKind(ImageDenseHead, "relative_l2", "relative_l2"),
-}
-
-
-def get_task_kind(name: str) -> TaskKind:
-    if name not in TASK_KINDS:
-        raise ValueError(f"Unknown task kind {name!r}; known kinds: {sorted(TASK_KINDS)}.")
-    return TASK_KINDS[name]
+    def result(self) -> float:
+        return self.metric.fn(*self.arrays())

@@ -1,16 +1,20 @@
 """ORCA's refine stage: fine-tune embedder, body and head on the task, with jitted steps over the device mesh.
 
 - Steps are pure functions of pytrees (the model split once into parameters), jitted with explicit shardings:
-  parameters and optimizer state replicated over the mesh, each batch sharded over its data axes. The batch has a
-  fixed shape: the last, partial batch of an epoch is padded and masked, so one program serves the whole run and
-  the loss of the padded batch is exact.
+  parameters and optimizer state replicated over the mesh, each batch sharded over its data axes. Batches come from
+  grain (`orca_jax.data.loader`) with a fixed shape: the last, partial batch of an epoch is padded and masked, so one
+  program serves the whole run and the loss of the padded batch is exact.
+- The loss, the outputs' shape and units, and the metric are the task's (`objective.TaskObjective`).
 - The optimizer is the official update rule (`finetune.make_finetune_optimizer`): per-micro-batch warm-up and decay,
   summed accumulation, clipping, fine-tune modes as masks.
-- Model selection is on the validation split carved from the training data; the test split is evaluated once, with
-  the parameters of the best validation epoch. Metrics are computed over whole splits.
-- Nothing is lost on a crash: Orbax checkpoints (parameters, optimizer state, position in the run) every
-  `checkpoint_every` epochs and on SIGTERM (then the run exits); a restarted run resumes from the latest one and
-  ends where an uninterrupted run ends, because shuffling and dropout keys depend only on (seed, epoch, step).
+- Model selection is on the validation split carved from the training data (`refine.select="best"`), or the last
+  epoch (`"last"`, for validation splits too small to select on: below `SMALL_VALIDATION` examples the run says so in
+  the log and the summary); the test split is evaluated once. Metrics are computed over whole splits.
+- Nothing is lost on a crash: Orbax checkpoints (parameters, optimizer state, the position in the run and the input
+  iterator's state) every `checkpoint_every` epochs and on SIGTERM (then the run exits with status
+  `PREEMPTED_EXIT_CODE`); a restarted run resumes from the latest one and ends where an uninterrupted run ends,
+  because shuffling, augmentation and dropout depend only on (seed, epoch, step). A non-finite training loss stops
+  the run at once, naming the epoch and step, with the last good checkpoint kept.
 """
 
 from __future__ import annotations
@@ -32,14 +36,18 @@ from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from orca_jax.data.loader import Batches, iterate
 from orca_jax.data.tasks import Split, Task
 from orca_jax.parallel import batch_from_process_rows, process_rows, replicated
 from orca_jax.train.finetune import make_finetune_optimizer
-from orca_jax.train.losses import get_loss
-from orca_jax.train.metrics import TASK_KINDS, MetricAccumulator
+from orca_jax.train.metrics import MetricAccumulator
+from orca_jax.train.objective import TaskObjective
 from orca_jax.train.run_log import RunLog
 
 log = logging.getLogger(__name__)
+
+SMALL_VALIDATION = 50  # fewer validation examples than this: best-epoch selection on them is mostly noise
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving; rerun the same command to resume
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,16 +58,16 @@ class RefineResult:
     metric: str
     history: list[dict]
     seconds: float
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
-def padded_batches(split: Split, batch_size: int, order: np.ndarray, rows: slice = slice(None)):
-    """(x, y, mask) of global batches of exactly `batch_size` in `order` (the last padded with its first example),
-    of which only `rows` are loaded: each process reads just its share of every batch."""
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        real = len(index)
-        index = np.concatenate([index, np.full(batch_size - real, index[0])])[rows]
-        yield split.x[index], split.y[index], (np.arange(batch_size) < real).astype(np.float32)[rows]
+class Preempted(SystemExit):
+    """The run saved a checkpoint after SIGTERM and stopped; the process exits with `PREEMPTED_EXIT_CODE`."""
+
+    def __init__(self, message: str):
+        log.warning("%s", message)
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.message = message
 
 
 class _Preemption:
@@ -80,40 +88,52 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self.previous)
 
 
-def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, loss_fn, mesh: Mesh):
+def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, objective: TaskObjective,
+               mesh: Mesh):
     rep = replicated(mesh)
 
     def train_step(params, opt_state, x, y, mask, key):
         def loss_of(params):
             model = nnx.merge(graphdef, params)
-            return loss_fn(model(x, rngs=nnx.Rngs(dropout=key)), y, mask)
+            return objective.loss(model(x, rngs=nnx.Rngs(dropout=key)), y, mask)
 
         loss, grads = jax.value_and_grad(loss_of)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     def eval_step(params, x):
-        return nnx.merge(graphdef, params)(x)
+        return objective.outputs(nnx.merge(graphdef, params)(x))
 
     train = jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(rep, rep, rep))
     return train, jax.jit(eval_step)
 
 
-def evaluate(eval_step, params, split: Split, batch_size: int, metric: str, mesh: Mesh) -> float:
+def _all_rows(local) -> np.ndarray:
+    """The whole global batch from every process's rows (a no-op on one process)."""
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    return np.asarray(process_allgather(local, tiled=True))
+
+
+def evaluate(eval_step, params, split: Split, batch_size: int, metric: str, mesh: Mesh, data) -> MetricAccumulator:
+    """The split's outputs and targets, from which `.result()` computes the metric over the whole split: each
+    process feeds its rows of every batch, and every process collects all outputs and targets."""
     accumulator = MetricAccumulator(metric)
-    rows = process_rows(batch_size)
-    for x, y, mask in padded_batches(split, batch_size, np.arange(len(split))):
-        # Every process feeds its rows and receives all outputs: whole-split metrics need every example.
-        outputs = process_allgather(eval_step(params, batch_from_process_rows(x[rows], mesh)), tiled=True)
-        accumulator.update(np.asarray(outputs, np.float32), y, mask)
-    return accumulator.result()
+    batches = Batches(split, batch_size, rows=process_rows(batch_size))
+    for batch in iterate(batches, threads=data.threads, prefetch=data.prefetch):
+        outputs = eval_step(params, batch_from_process_rows(batch["x"], mesh))
+        accumulator.update(_all_rows(outputs).astype(np.float32), _all_rows(batch["y"]), _all_rows(batch["mask"]))
+    return accumulator
 
 
-def run_refine(model: nnx.Module, task: Task, config, *, mesh: Mesh, workdir: Path) -> RefineResult:
-    """Fine-tunes `model` in place (ending with its best-validation parameters) and evaluates it on the test split.
+def run_refine(
+    model: nnx.Module, task: Task, objective: TaskObjective, config, *, mesh: Mesh, workdir: Path
+) -> RefineResult:
+    """Fine-tunes `model` in place (ending with the selected epoch's parameters) and evaluates it on the test split.
 
     Writes `refine_metrics.jsonl` and TensorBoard scalars (one record per epoch), `refine/` (resumable
-    checkpoints) and `refine_best/`.
+    checkpoints), `test_outputs.npz` (the test split's outputs and targets) and, when selecting the best epoch,
+    `refine_best/`.
     """
     workdir = Path(workdir)
     devices = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -121,22 +141,30 @@ def run_refine(model: nnx.Module, task: Task, config, *, mesh: Mesh, workdir: Pa
     for name in ("batch_size", "eval_batch_size"):
         if config[name] % devices:
             raise ValueError(f"{name}={config[name]} does not divide over the mesh's {devices} data-parallel devices.")
-    kind = TASK_KINDS[task.kind]
-    loss_fn = get_loss(kind.loss)
-    steps_per_epoch = math.ceil(len(task.train) / batch_size)
+    notes = []
+    if len(task.val) < SMALL_VALIDATION:
+        notes.append(
+            f"the validation split has {len(task.val)} examples (< {SMALL_VALIDATION}): selecting the best epoch on "
+            "it is mostly noise; consider refine.select=last or a larger task.val_fraction"
+        )
+        log.warning("refine: %s", notes[-1])
+    batches = Batches(task.train, batch_size, epochs=refine.epochs, seed=seed, rows=process_rows(batch_size),
+                      transform=task.train_transform)
+    steps_per_epoch = batches.steps_per_epoch
     optimizer = make_finetune_optimizer(config.optimizer, refine, steps_per_epoch)
     graphdef, params = nnx.split(model, nnx.Param)
     rep = replicated(mesh)
     params = jax.device_put(jax.tree.map(jnp.copy, params), rep)  # the step donates its inputs: train on copies
     opt_state = jax.jit(optimizer.init, out_shardings=rep)(params)
-    train_step, eval_step = make_steps(graphdef, optimizer, loss_fn, mesh)
+    train_step, eval_step = make_steps(graphdef, optimizer, objective, mesh)
 
     manager = ocp.CheckpointManager(
         (workdir / "refine").absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
     )
     best_dir = (workdir / "refine_best").absolute()
-    # Where the run is, and what a restart needs to continue it exactly (including a part-done epoch's losses).
-    position = {"epoch": 0, "step": 0, "losses": [], "history": [], "best_epoch": 0, "best_val": None}
+    # Where the run is, and what a restart needs to continue it exactly (a part-done epoch's losses, the input
+    # iterator's state).
+    position = {"epoch": 0, "step": 0, "losses": [], "history": [], "best_epoch": 0, "best_val": None, "data": None}
     if manager.latest_step() is not None:
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": params, "opt_state": opt_state})
         restored = manager.restore(
@@ -146,8 +174,8 @@ def run_refine(model: nnx.Module, task: Task, config, *, mesh: Mesh, workdir: Pa
         params, opt_state, position = restored.state["params"], restored.state["opt_state"], restored.position
         log.info("refine: resuming at epoch %d, step %d", position["epoch"] + 1, position["step"])
 
-    def save(epoch: int, step: int, losses: list[float]) -> None:
-        position.update(epoch=epoch, step=step, losses=losses)
+    def save(epoch: int, step: int, losses: list[float], data_state: dict) -> None:
+        position.update(epoch=epoch, step=step, losses=losses, data=data_state)
         manager.save(
             epoch * steps_per_epoch + step,
             args=ocp.args.Composite(
@@ -160,46 +188,65 @@ def run_refine(model: nnx.Module, task: Task, config, *, mesh: Mesh, workdir: Pa
     key = jax.random.key(seed)
     run_log = RunLog(workdir, "refine")
     t0 = time.perf_counter()
-    sign = 1.0 if kind.higher_is_better else -1.0
+    sign = 1.0 if objective.higher_is_better else -1.0
+    data = config.data
+    inputs = iterate(batches, state=position["data"], threads=data.threads, prefetch=data.prefetch,
+                     workers=data.workers)
     with _Preemption() as preemption:
         for epoch in range(position["epoch"], refine.epochs):
-            order = np.random.default_rng([seed, epoch]).permutation(len(task.train))  # the same on every process
             resuming = epoch == position["epoch"]
             first = position["step"] if resuming else 0
             losses = list(position["losses"]) if resuming else []
-            batches = padded_batches(task.train, batch_size, order, process_rows(batch_size))
-            bar = tqdm(enumerate(batches), total=steps_per_epoch, initial=first,
+            bar = tqdm(range(first, steps_per_epoch), total=steps_per_epoch, initial=first,
                        desc=f"refine {epoch + 1}/{refine.epochs}", unit="step", leave=False)
-            for step, (x, y, mask) in bar:
-                if step < first:
-                    continue
+            for step in bar:
+                batch = next(inputs)
                 params, opt_state, loss = train_step(
-                    params, opt_state, *(batch_from_process_rows(a, mesh) for a in (x, y, mask)),
+                    params, opt_state, *(batch_from_process_rows(batch[k], mesh) for k in ("x", "y", "mask")),
                     jax.random.fold_in(key, epoch * steps_per_epoch + step),
                 )
                 losses.append(float(loss))
-                bar.set_postfix(loss=f"{losses[-1]:.4g}")
-                if preemption.requested:
-                    save(epoch, step + 1, losses)
+                if not np.isfinite(losses[-1]):
                     manager.wait_until_finished()
-                    raise SystemExit(f"refine stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; rerun to resume")
-            val = evaluate(eval_step, params, task.val, config.eval_batch_size, kind.metric, mesh)
+                    raise FloatingPointError(
+                        f"refine: the training loss is {losses[-1]} at epoch {epoch + 1}, step {step + 1}; stopped "
+                        f"without saving (the last good checkpoint, step {manager.latest_step()}, is kept). Lower "
+                        "optimizer.learning_rate, set refine.clip, or check the inputs and targets."
+                    )
+                bar.set_postfix(loss=f"{losses[-1]:.4g}")
+                # On the epoch's last step the epoch finishes first: its end-of-epoch checkpoint is the stop's.
+                if preemption.requested and step + 1 < steps_per_epoch:
+                    save(epoch, step + 1, losses, inputs.get_state())
+                    manager.wait_until_finished()
+                    raise Preempted(f"refine stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; rerun to resume")
+            val = evaluate(eval_step, params, task.val, config.eval_batch_size, objective.metric, mesh, data).result()
             record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
-                      f"val_{kind.metric}": val, "seconds": time.perf_counter() - t0}
+                      f"val_{objective.metric}": val, "seconds": time.perf_counter() - t0}
             position["history"].append(record)
             run_log.write(position["history"])
             if position["best_val"] is None or sign * val > sign * position["best_val"]:
                 position.update(best_epoch=epoch + 1, best_val=val)
-                checkpointer = ocp.StandardCheckpointer()
-                checkpointer.save(best_dir, params, force=True)
-                checkpointer.wait_until_finished()
+                if refine.select == "best":
+                    checkpointer = ocp.StandardCheckpointer()
+                    checkpointer.save(best_dir, params, force=True)
+                    checkpointer.wait_until_finished()
             log.info("refine epoch %d: %s", epoch + 1, record)
-            if (epoch + 1) % refine.checkpoint_every == 0 or epoch + 1 == refine.epochs:
-                save(epoch + 1, 0, [])
+            last = epoch + 1 == refine.epochs
+            if (epoch + 1) % refine.checkpoint_every == 0 or last or preemption.requested:
+                save(epoch + 1, 0, [], inputs.get_state())
+            if preemption.requested and not last:
+                manager.wait_until_finished()
+                raise Preempted(f"refine stopped by SIGTERM at the end of epoch {epoch + 1}; rerun to resume")
     manager.wait_until_finished()
     run_log.close()
     seconds = time.perf_counter() - t0
-    best = ocp.StandardCheckpointer().restore(best_dir, jax.tree.map(ocp.utils.to_shape_dtype_struct, params))
-    nnx.update(model, best)
-    test = evaluate(eval_step, best, task.test, config.eval_batch_size, kind.metric, mesh)
-    return RefineResult(position["best_epoch"], position["best_val"], test, kind.metric, position["history"], seconds)
+    if refine.select == "best":
+        params = ocp.StandardCheckpointer().restore(best_dir, jax.tree.map(ocp.utils.to_shape_dtype_struct, params))
+    nnx.update(model, params)
+    outputs = evaluate(eval_step, params, task.test, config.eval_batch_size, objective.metric, mesh, data)
+    test = outputs.result()
+    # The test split's outputs (in the targets' units) next to its targets, for analysis beyond the one metric.
+    if jax.process_index() == 0:
+        np.savez(workdir / "test_outputs.npz", **dict(zip(("outputs", "targets"), outputs.arrays())))
+    return RefineResult(position["best_epoch"], position["best_val"], test, objective.metric, position["history"],
+                        seconds, notes)

@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+from scipy.special import softmax
+from sklearn.metrics import average_precision_score, f1_score, r2_score, roc_auc_score
 
-from orca_jax.models.heads import ClassificationHead, ImageDenseHead
+from orca_jax.data.kinds import TASK_KINDS, get_task_kind
 from orca_jax.train import losses
-from orca_jax.train.metrics import (
-    METRICS, MetricAccumulator, get_metric, get_task_kind, mean_auroc, mean_average_precision,
-)
+from orca_jax.train.metrics import METRICS, MetricAccumulator, get_metric, mean_auroc, mean_average_precision
 
 RNG = np.random.default_rng(0)
 N, BATCH, CHUNK = 50, 8, 20  # padded batches of 8 (the last has 2 real rows); official-style chunks 20, 20, 10
@@ -90,16 +89,39 @@ def test_relative_l2_is_the_mean_over_all_examples():
     assert abs(chunked - expected) > 1e-3  # the last chunk (10 examples) weighs as much as a full one
 
 
+def test_tabular_auroc_binary_and_one_vs_one():
+    labels = RNG.integers(0, 2, N)
+    logits = RNG.normal(size=(N, 2)) + labels[:, None] * np.array([0.0, 1.0])
+    assert _accumulate("auroc", logits, labels) == pytest.approx(roc_auc_score(labels, softmax(logits, 1)[:, 1]))
+    labels = RNG.integers(0, 4, N)
+    logits = RNG.normal(size=(N, 4)) + np.eye(4)[labels]
+    expected = roc_auc_score(labels, softmax(logits, 1), multi_class="ovo")
+    assert _accumulate("auroc", logits, labels) == pytest.approx(expected)
+    # By hand for two classes: the fraction of (positive, negative) pairs ranked correctly.
+    scores, y = np.array([[0, 0.1], [0, 0.9], [0, 0.4], [0, 0.8]]), np.array([0, 1, 0, 0])
+    assert get_metric("auroc").fn(scores, y) == pytest.approx(1.0)
+
+
+def test_r2_over_the_whole_split():
+    targets = RNG.normal(size=(N, 3)).astype(np.float32)
+    outputs = targets + RNG.normal(size=(N, 3)).astype(np.float32) * 0.5
+    assert _accumulate("r2", outputs, targets) == pytest.approx(r2_score(targets, outputs), rel=1e-6)
+    y = targets[:, 0]
+    by_hand = 1 - np.sum((y - outputs[:, 0]) ** 2) / np.sum((y - y.mean()) ** 2)
+    assert _accumulate("r2", outputs[:, 0], y) == pytest.approx(by_hand, rel=1e-5)
+
+
 def test_registry_names_and_errors():
     kind = get_task_kind("multilabel_auroc")
-    assert (kind.head, kind.loss, kind.metric, kind.higher_is_better) == (
-        ClassificationHead, "binary_cross_entropy", "mean_auroc", True
+    assert (kind.head, kind.loss, kind.metric, kind.align_labels, METRICS[kind.metric].higher_is_better) == (
+        "linear", "binary_cross_entropy", "mean_auroc", "kmeans", True
     )
-    assert get_task_kind("dense_2d_relative_l2").head is ImageDenseHead
-    assert not get_task_kind("dense_2d_relative_l2").higher_is_better
-    for name in ("classification", "classification_f1", "multilabel_map", "dense_1d", "dense_2d"):
-        kind = get_task_kind(name)
-        assert kind.metric in METRICS and losses.get_loss(kind.loss)
+    assert get_task_kind("dense_2d_relative_l2").head == "dense_2d"
+    assert not METRICS[get_task_kind("dense_2d_relative_l2").metric].higher_is_better
+    assert get_task_kind("classification_f1").align_labels == "classes"
+    assert get_task_kind("tabular").class_weighting == "inverse_frequency"
+    for name, kind in TASK_KINDS.items():
+        assert kind.metric in METRICS and losses.get_loss(kind.loss), name
     with pytest.raises(ValueError, match="known kinds: .*'dense_1d'"):
         get_task_kind("segmentation")
     with pytest.raises(ValueError, match="known metrics: .*'accuracy'"):

@@ -7,12 +7,13 @@ from flax import nnx
 
 from orca_jax.config import base_config
 from orca_jax.data.tasks import Split, Task
+from orca_jax.train.objective import make_objective
 from orca_jax.models import from_pretrained
 from orca_jax.models.embedders import SequenceEmbedder
 from orca_jax.models.heads import ClassificationHead
 from orca_jax.models.orca import OrcaModel
 from orca_jax.parallel import make_mesh
-from orca_jax.train.refine import padded_batches, run_refine
+from orca_jax.train.refine import run_refine
 from tests.text_checkpoints import save_tiny_text_model
 
 
@@ -28,7 +29,11 @@ def tiny_task(n_train=44):
         y = rng.integers(0, 3, n).astype(np.int32)
         return Split((rng.normal(size=(n, 12, 2)) + y[:, None, None]).astype(np.float32), y)
 
-    return Task("tiny", split(n_train), split(16), split(16), num_classes=3, layout="NLC")
+    return Task("tiny", split(n_train), split(16), split(16), "NLC", "classification", 3)
+
+
+def refine(model, task, config, **kwargs):
+    return run_refine(model, task, make_objective(task, config.task), config, **kwargs)
 
 
 def make_model(body_dir):
@@ -50,21 +55,6 @@ def params_of(model):
     return jax.tree.map(np.asarray, jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def test_padded_batches_cover_every_example_once():
-    split = Split(np.arange(10, dtype=np.float32)[:, None], np.arange(10, dtype=np.int32))
-    order = np.random.default_rng(0).permutation(10)
-    seen = []
-    for x, y, mask in padded_batches(split, 4, order):
-        assert x.shape == (4, 1) and mask.shape == (4,)
-        seen += list(y[mask > 0])
-    assert seen == list(order)
-    # A process loads only its rows of each global batch (here rows 2..3 of every batch of 4).
-    halves = [(y, mask) for _, y, mask in padded_batches(split, 4, order, slice(2, 4))]
-    np.testing.assert_array_equal(np.concatenate([y for y, _ in halves]),
-                                  np.concatenate([order[2:4], order[6:8], order[[8, 8]]]))  # last: padding rows
-    np.testing.assert_array_equal(np.concatenate([m for _, m in halves]), [1, 1, 1, 1, 0, 0])
-
-
 @pytest.mark.slow
 def test_refine_on_8_devices_equals_one_device(body_dir, tmp_path):
     # SGD: Adam's normalisation turns float32 reduction-order noise in near-zero gradients into O(lr) steps, which
@@ -72,8 +62,8 @@ def test_refine_on_8_devices_equals_one_device(body_dir, tmp_path):
     task = tiny_task()
     one, eight = make_model(body_dir), make_model(body_dir)
     config = refine_config(2, optimizer="sgd")
-    r1 = run_refine(one, task, config, mesh=make_mesh(devices=jax.devices()[:1]), workdir=tmp_path / "1")
-    r8 = run_refine(eight, task, config, mesh=make_mesh(), workdir=tmp_path / "8")
+    r1 = refine(one, task, config, mesh=make_mesh(devices=jax.devices()[:1]), workdir=tmp_path / "1")
+    r8 = refine(eight, task, config, mesh=make_mesh(), workdir=tmp_path / "8")
     assert jax.device_count() == 8
     np.testing.assert_allclose([h["train_loss"] for h in r8.history], [h["train_loss"] for h in r1.history],
                                rtol=1e-5)
@@ -86,10 +76,10 @@ def test_refine_on_8_devices_equals_one_device(body_dir, tmp_path):
 def test_interrupted_refine_resumes_to_the_same_parameters(body_dir, tmp_path):
     task = tiny_task()
     whole = make_model(body_dir)
-    full = run_refine(whole, task, refine_config(3), mesh=make_mesh(), workdir=tmp_path / "whole")
-    run_refine(make_model(body_dir), task, refine_config(1), mesh=make_mesh(), workdir=tmp_path / "parts")
+    full = refine(whole, task, refine_config(3), mesh=make_mesh(), workdir=tmp_path / "whole")
+    refine(make_model(body_dir), task, refine_config(1), mesh=make_mesh(), workdir=tmp_path / "parts")
     resumed = make_model(body_dir)  # a new process: fresh model, same workdir
-    again = run_refine(resumed, task, refine_config(3), mesh=make_mesh(), workdir=tmp_path / "parts")
+    again = refine(resumed, task, refine_config(3), mesh=make_mesh(), workdir=tmp_path / "parts")
     assert [h["epoch"] for h in again.history] == [1, 2, 3]
     np.testing.assert_allclose([h["train_loss"] for h in again.history], [h["train_loss"] for h in full.history],
                                rtol=1e-6)
@@ -105,4 +95,4 @@ def test_batch_size_must_divide_over_the_devices(body_dir, tmp_path):
     config = refine_config(1)
     config.batch_size = 6
     with pytest.raises(ValueError, match="batch_size=6 does not divide over the mesh's 8"):
-        run_refine(make_model(body_dir), tiny_task(), config, mesh=make_mesh(), workdir=tmp_path)
+        refine(make_model(body_dir), tiny_task(), config, mesh=make_mesh(), workdir=tmp_path)

@@ -1,0 +1,116 @@
+"""Every task kind runs align + refine end to end on small synthetic data, and the test metric it reports equals an
+independent computation (scikit-learn or by hand) on the test outputs it saved."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, r2_score, roc_auc_score
+
+from orca_jax.config import load_config_file
+from orca_jax.data import task_from_arrays
+from orca_jax.pipeline import run
+from tests.text_checkpoints import save_tiny_text_model
+
+ROOT = Path(__file__).resolve().parents[1]
+N = 96
+
+
+@pytest.fixture(scope="module")
+def bodies(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bodies")
+    config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                                     window_size=4)
+    torch.manual_seed(0)
+    transformers.SwinModel(config).save_pretrained(root / "swin")
+    return {"text": save_tiny_text_model("roberta", root / "text", tokenizer=True), "image": root / "swin"}
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _nrmse(o, t):
+    o, t = o.reshape(len(o), -1), t.reshape(len(t), -1)
+    return np.mean(np.linalg.norm(o - t, axis=1) / np.linalg.norm(t, axis=1))
+
+
+RNG = np.random.default_rng(0)
+SEQ = RNG.normal(size=(N, 12, 2)).astype(np.float32)
+IMG = RNG.uniform(size=(N, 8, 8, 1)).astype(np.float32)
+CLASSES = (SEQ[:, :, 0].mean(1) > 0).astype(np.int64) + (SEQ[:, :, 1].mean(1) > 0)
+
+# kind -> (body, inputs, targets, task options, reference metric on (outputs, targets))
+CASES = {
+    "classification": ("text", SEQ, CLASSES, {}, lambda o, t: accuracy_score(t, o.argmax(1))),
+    "classification_f1": ("text", SEQ, CLASSES, {}, lambda o, t: f1_score(t, o.argmax(1), average="macro")),
+    "tabular": ("text", SEQ[:, :1, :], CLASSES, {},
+                lambda o, t: roc_auc_score(t, _softmax(o.astype(np.float64)), multi_class="ovo")),
+    "multilabel_auroc": ("text", SEQ, (SEQ[:, :4, 0] > 0).astype(np.int32), {"pos_weight": 4.0},
+                         lambda o, t: np.mean([roc_auc_score(t[:, k], o[:, k]) for k in range(4)])),
+    "multilabel_map": ("text", SEQ, (SEQ[:, :4, 1] > 0).astype(np.int32), {},
+                       lambda o, t: np.mean([average_precision_score(t[:, k], o[:, k]) for k in range(4)])),
+    "regression": ("text", SEQ, SEQ.sum(axis=(1, 2)), {}, lambda o, t: r2_score(t, o)),
+    "dense_1d": ("text", SEQ, 1.0 + np.cumsum(SEQ[:, :, 0], axis=1), {"normalize_targets": "global"}, _nrmse),
+    "dense_2d": ("image", IMG, 1.0 + IMG[..., 0] ** 2, {}, _nrmse),
+    "dense_2d_relative_l2": ("image", IMG, np.concatenate([IMG, 1 - IMG], -1), {"normalize_targets": "elementwise"},
+                             _nrmse),  # the mean relative L2 equals the mean nRMSE
+}
+
+
+def smoke_config(body_dir, body, tmp_path, **task):
+    config = load_config_file(ROOT / "configs" / "own_data.py", "smoke")
+    config.body.checkpoint = str(body_dir)
+    config.source.cache_dir = str(tmp_path / "cache")
+    if body == "image":
+        config.source.name = "digits"
+    config.task.update(task)
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_every_kind_aligns_refines_and_reports_an_honest_metric(kind, bodies, tmp_path):
+    body, x, y, options, reference = CASES[kind]
+    task = task_from_arrays(x, y, kind=kind, val_fraction=0.25, test_fraction=0.25)
+    summary = run(smoke_config(bodies[body], body, tmp_path, **options), tmp_path / "work", task=task)
+    assert summary["kind"] == kind
+    assert np.isfinite(summary["align"]["distance_before"]) and np.isfinite(summary["align"]["distance_after"])
+    refine = summary["refine"]
+    saved = np.load(tmp_path / "work" / "test_outputs.npz")
+    np.testing.assert_array_equal(saved["targets"], np.asarray(task.test.y).astype(saved["targets"].dtype))
+    assert saved["outputs"].shape[0] == len(task.test)
+    assert refine[f"test_{refine['metric']}"] == pytest.approx(reference(saved["outputs"], saved["targets"]),
+                                                               rel=1e-5, abs=1e-6)
+    assert "notes" in refine  # 24 validation examples: the run says selection on them is noisy
+
+
+@pytest.mark.slow
+def test_own_npz_dense_1d_through_the_command_line(bodies, tmp_path):
+    x = SEQ
+    np.savez(tmp_path / "data.npz", x=x, y=np.cumsum(x[..., 0], axis=1))
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", "--config=configs/own_data.py:smoke", f"--workdir={tmp_path / 'w'}",
+         f"--config.task.name=npz:{tmp_path / 'data.npz'}", "--config.task.kind=dense_1d",
+         f"--config.body.checkpoint={bodies['text']}", f"--config.source.cache_dir={tmp_path / 'cache'}",
+         "--config.refine.select=last"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert summary["kind"] == "dense_1d" and summary["refine"]["metric"] == "nrmse"
+    assert summary["refine"]["selected"] == "last" and np.isfinite(summary["refine"]["test_nrmse"])
+
+
+def test_loss_options_are_checked_against_the_loss(bodies, tmp_path):
+    task = task_from_arrays(SEQ, CLASSES)
+    config = smoke_config(bodies["text"], "text", tmp_path, pos_weight=3.0)
+    with pytest.raises(ValueError, match="task.pos_weight=3.0 weights binary cross-entropy, but the loss is "
+                                         "'cross_entropy'"):
+        run(config, tmp_path / "w", task=task)
