@@ -11,6 +11,8 @@ import os
 
 from ml_collections import ConfigDict
 
+from orca_jax.parallel.sharding import DEFAULT_RULES, MIN_SHARD_BYTES
+
 
 def base_config() -> ConfigDict:
     c = ConfigDict()
@@ -68,7 +70,9 @@ def base_config() -> ConfigDict:
             select="best",
         )
     )
-    c.mesh = ConfigDict(dict(data=-1, fsdp=1))
+    # Device mesh axes and parameter sharding rules: see orca_jax/parallel/sharding.py (the one place they are
+    # documented). -1 on one axis: all remaining devices.
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, rules=DEFAULT_RULES, min_shard_bytes=MIN_SHARD_BYTES))
     return c
 
 

@@ -30,7 +30,8 @@ def _as_targets(y: np.ndarray) -> np.ndarray:
 
 
 class Batches:
-    """Batch k of `epochs` passes over `split`: a dict of `x`, `y` and `mask`, this process's `rows` of each.
+    """Batch k of `epochs` passes over `split`: a dict of `x`, `y`, `mask` and `meta` (the split's per-example
+    metadata), this process's `rows` of each.
 
     `seed=None` reads the split in order (evaluation); otherwise each epoch is shuffled with `[seed, epoch]`.
     """
@@ -70,7 +71,8 @@ class Batches:
                 x[row : row + 1] = self.transform(x[row : row + 1], np.random.default_rng([self.seed or 0, epoch, slot]))
         y = _as_targets(np.asarray(self.split.y[index]))
         mask = (np.arange(self.batch_size) < real).astype(np.float32)[self.rows]
-        return {"x": x, "y": y, "mask": mask}
+        meta = {name: np.asarray(values)[index] for name, values in self.split.meta.items()}
+        return {"x": x, "y": y, "mask": mask, "meta": meta}
 
 
 def iterate(source, *, state: dict | None = None, threads: int = 1, prefetch: int = 2, workers: int = 0):

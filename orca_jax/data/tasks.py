@@ -89,16 +89,23 @@ def take_rows(array: Any, index: np.ndarray) -> Any:
 class Split:
     x: Any  # [N, *input_shape], channels last
     y: Any  # [N, *target_shape]
+    # Per-example arrays [N] that a metric needs besides outputs and targets, passed to it by name (e.g. PSICOV's
+    # protein lengths, the clip each FSD50K chunk comes from).
+    meta: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if len(self.x) != len(self.y):
             raise ValueError(f"Split has {len(self.x)} inputs but {len(self.y)} targets.")
+        for name, values in self.meta.items():
+            if len(values) != len(self.y):
+                raise ValueError(f"Split meta {name!r} has {len(values)} entries for {len(self.y)} examples.")
 
     def __len__(self) -> int:
         return len(self.y)
 
     def take(self, index: np.ndarray) -> Split:
-        return Split(take_rows(self.x, index), take_rows(self.y, index))
+        meta = {name: np.asarray(values)[index] for name, values in self.meta.items()}
+        return Split(take_rows(self.x, index), take_rows(self.y, index), meta)
 
 
 # A batch augmentation: (inputs [batch, ...] float32, generator) -> inputs of the same shape; training batches only.

@@ -107,34 +107,44 @@ def get_metric(name: str) -> Metric:
 
 
 class MetricAccumulator:
-    """Collects (outputs, targets) of the real examples of each batch, then computes the metric once over all."""
+    """Collects (outputs, targets, per-example metadata) of the real examples of each batch, then computes the
+    metric once over all. Metadata arrays (a split's `meta`) reach the metric function as keyword arguments."""
 
     def __init__(self, metric: str):
         self.name, self.metric = metric, get_metric(metric)
         self._outputs: list[np.ndarray] = []
         self._targets: list[np.ndarray] = []
+        self._meta: dict[str, list[np.ndarray]] = {}
 
-    def update(self, outputs, targets, mask=None) -> None:
-        """A batch's outputs and targets (any array type; copied to host NumPy) and its [batch] mask of real rows."""
+    def update(self, outputs, targets, mask=None, **meta) -> None:
+        """A batch's outputs and targets (any array type; copied to host NumPy), its [batch] mask of real rows and
+        its per-example metadata."""
         outputs, targets = np.asarray(outputs), np.asarray(targets)
-        if len(outputs) != len(targets):
-            raise ValueError(f"Batch has {len(outputs)} outputs but {len(targets)} targets.")
+        meta = {name: np.asarray(values) for name, values in meta.items()}
+        if len(outputs) != len(targets) or any(len(v) != len(outputs) for v in meta.values()):
+            raise ValueError(f"Batch has {len(outputs)} outputs but {len(targets)} targets"
+                             + "".join(f", {len(v)} {k}" for k, v in meta.items()) + ".")
         if mask is not None:
             keep = np.asarray(mask) > 0
             if keep.shape != (len(outputs),):
                 raise ValueError(f"mask must be [batch] = ({len(outputs)},), got shape {keep.shape}.")
             outputs, targets = outputs[keep], targets[keep]
+            meta = {name: values[keep] for name, values in meta.items()}
         self._outputs.append(outputs)
         self._targets.append(targets)
+        for name, values in meta.items():
+            self._meta.setdefault(name, []).append(values)
 
     def __len__(self) -> int:
         return sum(len(t) for t in self._targets)
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(outputs, targets) of every real example accumulated so far."""
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """(outputs, targets, metadata) of every real example accumulated so far."""
         if not len(self):
             raise ValueError(f"No examples were accumulated for {self.name}: call update() with at least one real row.")
-        return np.concatenate(self._outputs), np.concatenate(self._targets)
+        meta = {name: np.concatenate(values) for name, values in self._meta.items()}
+        return np.concatenate(self._outputs), np.concatenate(self._targets), meta
 
     def result(self) -> float:
-        return self.metric.fn(*self.arrays())
+        outputs, targets, meta = self.arrays()
+        return self.metric.fn(outputs, targets, **meta)

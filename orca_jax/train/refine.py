@@ -122,7 +122,9 @@ def evaluate(eval_step, params, split: Split, batch_size: int, metric: str, mesh
     batches = Batches(split, batch_size, rows=process_rows(batch_size))
     for batch in iterate(batches, threads=data.threads, prefetch=data.prefetch):
         outputs = eval_step(params, batch_from_process_rows(batch["x"], mesh))
-        accumulator.update(_all_rows(outputs).astype(np.float32), _all_rows(batch["y"]), _all_rows(batch["mask"]))
+        meta = {name: _all_rows(values) for name, values in batch["meta"].items()}
+        accumulator.update(_all_rows(outputs).astype(np.float32), _all_rows(batch["y"]), _all_rows(batch["mask"]),
+                           **meta)
     return accumulator
 
 
@@ -247,6 +249,8 @@ def run_refine(
     test = outputs.result()
     # The test split's outputs (in the targets' units) next to its targets, for analysis beyond the one metric.
     if jax.process_index() == 0:
-        np.savez(workdir / "test_outputs.npz", **dict(zip(("outputs", "targets"), outputs.arrays())))
+        test_outputs, test_targets, test_meta = outputs.arrays()
+        np.savez(workdir / "test_outputs.npz", outputs=test_outputs, targets=test_targets,
+                 **{f"meta_{name}": values for name, values in test_meta.items()})
     return RefineResult(position["best_epoch"], position["best_val"], test, objective.metric, position["history"],
                         seconds, notes)
