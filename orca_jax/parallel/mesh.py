@@ -13,21 +13,40 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 
+def mesh_axes(data: int, fsdp: int, count: int) -> tuple[int, int]:
+    """The (data, fsdp) sizes that `mesh.data` / `mesh.fsdp` as set (-1: all remaining devices) give on `count`
+    devices. A pure function, so a config can be checked before any device is touched; its errors name the values
+    as the user set them, never the sizes -1 would have resolved to."""
+    given = f"mesh.data={data!r}, mesh.fsdp={fsdp!r}"
+    for name, size in (("data", data), ("fsdp", fsdp)):
+        if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
+            raise ValueError(
+                f"mesh.{name}={size!r}: not a mesh size; use a positive integer, or -1 for all remaining devices."
+            )
+    if data == -1 and fsdp == -1:
+        raise ValueError(f"{given}: at most one axis may be -1 (all remaining devices); give one of them a size, "
+                         "e.g. mesh.fsdp=1.")
+    if -1 in (data, fsdp):
+        name, size, other = ("fsdp", fsdp, "data") if data == -1 else ("data", data, "fsdp")
+        if count % size:
+            divisors = ", ".join(str(d) for d in range(1, count + 1) if count % d == 0)
+            raise ValueError(
+                f"mesh.{name}={size}: does not divide the device count, {count}, which mesh.{other}=-1 would share "
+                f"out; set mesh.{name} to a divisor of {count} ({divisors})."
+            )
+        return (count // size, size) if data == -1 else (size, count // size)
+    if data * fsdp != count:
+        raise ValueError(
+            f"{given}: {data} x {fsdp} = {data * fsdp} devices, but the device count is {count}; choose sizes whose "
+            f"product is {count}, or -1 for one of them (all remaining devices)."
+        )
+    return data, fsdp
+
+
 def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> Mesh:
     """A ("data", "fsdp") mesh over all devices (or `devices`); -1 on one axis means "all remaining devices"."""
     devices = jax.devices() if devices is None else list(devices)
-    count = len(devices)
-    if data == -1 and fsdp == -1:
-        raise ValueError("At most one of mesh.data and mesh.fsdp may be -1.")
-    if data == -1:
-        data = count // max(fsdp, 1)
-    if fsdp == -1:
-        fsdp = count // max(data, 1)
-    if data < 1 or fsdp < 1 or data * fsdp != count:
-        raise ValueError(
-            f"mesh data={data} x fsdp={fsdp} does not use the {count} devices exactly; choose sizes whose product is "
-            f"{count} (or -1 for one of them)."
-        )
+    data, fsdp = mesh_axes(data, fsdp, len(devices))
     return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
 
 
