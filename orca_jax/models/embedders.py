@@ -13,7 +13,8 @@ Both follow the official code's architecture and initialisation, with JAX's chan
 
 `from_body(..., init_from_body=True)` copies the pretrained pieces (as new arrays: a parameter aliasing the body's
 buffer would be deleted with it when a train step donates its inputs) as the official code does when the align stage
-runs; `init_from_body=False` is the official initialisation of the no-alignment ablation.
+runs; `init_from_body=False` is the official initialisation of the no-alignment ablation. Either way the embedder
+takes the body's parameter and compute dtypes.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class SequenceEmbedder(nnx.Module):
         num_positions: int,
         first_position: int,
         layer_norm_eps: float,
+        param_dtype=jnp.float32,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -64,10 +66,10 @@ class SequenceEmbedder(nnx.Module):
             )
         self.projection = nnx.Conv(
             in_channels, width, kernel_size=(self.stride,), strides=(self.stride,), padding="VALID",
-            kernel_init=_XAVIER_GAIN_SQRT2, dtype=dtype, param_dtype=dtype, rngs=rngs,
+            kernel_init=_XAVIER_GAIN_SQRT2, param_dtype=param_dtype, dtype=dtype, rngs=rngs,
         )
-        self.norm = nnx.LayerNorm(width, epsilon=layer_norm_eps, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        self.position = nnx.Embed(num_positions, width, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        self.norm = nnx.LayerNorm(width, epsilon=layer_norm_eps, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.position = nnx.Embed(num_positions, width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.first_position = first_position
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -76,7 +78,7 @@ class SequenceEmbedder(nnx.Module):
                 f"Expected inputs [batch, {self.length}, {self.in_channels}] (channels last), got {x.shape}; "
                 "official-layout [batch, channels, length] inputs need x.transpose(0, 2, 1)."
             )
-        tokens = self.norm(self.projection(x.astype(self.norm.scale.dtype)))
+        tokens = self.norm(self.projection(x.astype(self.norm.dtype)))
         positions = jnp.arange(self.num_tokens) + self.first_position
         return tokens + self.position(positions)[None]
 
@@ -92,11 +94,10 @@ class SequenceEmbedder(nnx.Module):
         rngs: nnx.Rngs,
     ) -> SequenceEmbedder:
         config = body.config
-        dtype = body.embeddings.word.embedding.dtype
         embedder = cls(
             in_channels, length, config.hidden_size, target_seq_len=target_seq_len,
             num_positions=config.max_position_embeddings, first_position=config.first_position,
-            layer_norm_eps=config.layer_norm_eps, dtype=dtype, rngs=rngs,
+            layer_norm_eps=config.layer_norm_eps, param_dtype=body.param_dtype, dtype=body.dtype, rngs=rngs,
         )
         # The position table is copied in both official branches; the norm only when the embedder is aligned.
         embedder.position.embedding.set_value(jnp.copy(body.embeddings.position.embedding[...]))
@@ -122,15 +123,16 @@ class ImageEmbedder(nnx.Module):
         image_size: tuple[int, int],
         layer_norm_eps: float,
         antialias: bool = False,
+        param_dtype=jnp.float32,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         self.in_channels, self.image_size, self.antialias = in_channels, tuple(image_size), antialias
         self.projection = nnx.Conv(
             in_channels, embed_dim, kernel_size=tuple(patch_size), strides=tuple(patch_size), padding="VALID",
-            kernel_init=nnx.initializers.truncated_normal(0.02), dtype=dtype, param_dtype=dtype, rngs=rngs,
+            kernel_init=nnx.initializers.truncated_normal(0.02), param_dtype=param_dtype, dtype=dtype, rngs=rngs,
         )
-        self.norm = nnx.LayerNorm(embed_dim, epsilon=layer_norm_eps, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        self.norm = nnx.LayerNorm(embed_dim, epsilon=layer_norm_eps, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
         """Tokens `[batch, grid_h * grid_w, embed_dim]` (row-major) and the grid, as Swin's `encode` takes them.
@@ -143,7 +145,7 @@ class ImageEmbedder(nnx.Module):
                 f"Expected NHWC inputs [batch, height, width, {self.in_channels}], got {x.shape}; official-layout "
                 "NCHW inputs need x.transpose(0, 2, 3, 1)."
             )
-        x = x.astype(self.norm.scale.dtype)
+        x = x.astype(self.norm.dtype)
         if x.shape[1:3] != self.image_size:
             shape = (x.shape[0], *self.image_size, x.shape[3])
             x = jax.image.resize(x, shape, method="linear", antialias=self.antialias)
@@ -159,7 +161,8 @@ class ImageEmbedder(nnx.Module):
         source = body.embeddings
         embedder = cls(
             in_channels, config.embed_dim, patch_size=config.patch_size, image_size=config.image_size,
-            layer_norm_eps=float(source.norm.epsilon), antialias=antialias, dtype=source.norm.scale.dtype, rngs=rngs,
+            layer_norm_eps=float(source.norm.epsilon), antialias=antialias, param_dtype=body.param_dtype,
+            dtype=body.dtype, rngs=rngs,
         )
         if init_from_body:
             embedder.projection.kernel.set_value(tile_channels(source.projection.kernel[...], in_channels))

@@ -16,7 +16,8 @@ code:
 Adaptive pooling is computed as a contraction with a constant averaging matrix (one per axis, built from the static
 shapes at trace time): exact PyTorch semantics for any in/out sizes, no gathers, and fast on accelerators. Dense
 heads pool and return float32 whatever the body's dtype: regression metrics such as Darcy's relative L2 (~0.01) are
-finer than bfloat16's resolution (~0.4 %).
+finer than bfloat16's resolution (~0.4 %). Heads with parameters take flax's `param_dtype` (storage, float32 by
+default) and `dtype` (compute) like the bodies.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ class ClassificationHead(nnx.Module):
     """Linear layer on the body's pooled output: logits `[batch, num_classes]` for softmax (classification) or
     independent sigmoids (multi-label)."""
 
-    def __init__(self, width: int, num_classes: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.linear = nnx.Linear(width, num_classes, dtype=dtype, param_dtype=dtype, rngs=rngs)
+    def __init__(self, width: int, num_classes: int, *, param_dtype=jnp.float32, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.linear = nnx.Linear(width, num_classes, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
 
     def __call__(self, pooled: jax.Array, sequence: jax.Array) -> jax.Array:
         del sequence
@@ -109,6 +110,7 @@ class ImageDenseHead(nnx.Module):
         out_channels: int,
         output_size: tuple[int, int],
         reconstruction_channels: int = 3,
+        param_dtype=jnp.float32,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -118,7 +120,7 @@ class ImageDenseHead(nnx.Module):
         self.out_channels, self.output_size = out_channels, tuple(output_size)
         self.decoder = nnx.Conv(
             width, encoder_stride**2 * reconstruction_channels, kernel_size=(1, 1),
-            kernel_init=nnx.initializers.normal(0.02), dtype=dtype, param_dtype=dtype, rngs=rngs,
+            kernel_init=nnx.initializers.normal(0.02), param_dtype=param_dtype, dtype=dtype, rngs=rngs,
         )
 
     def __call__(self, pooled: jax.Array, sequence: jax.Array) -> jax.Array:
@@ -153,5 +155,5 @@ class ImageDenseHead(nnx.Module):
         grid = (image_size[0] // stride, image_size[1] // stride)
         return cls(
             config.num_features, grid=grid, encoder_stride=stride, out_channels=out_channels, output_size=output_size,
-            dtype=body.layernorm.scale.dtype, rngs=rngs,
+            param_dtype=body.param_dtype, dtype=body.dtype, rngs=rngs,
         )

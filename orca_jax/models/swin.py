@@ -24,6 +24,9 @@ full-size bias, which fails with a shape error when a side is strictly smaller t
 the shrunken window reads the same learned table at the offsets that window can hold (the centre of the table),
 which is the original semantics with the checkpoint's table.
 
+`param_dtype` (storage) and `dtype` (compute) are flax's two dtypes, both float32 by default; softmax, layer-norm
+statistics and the relative-position bias stay float32 (see `orca_jax.models.layers`).
+
 Training-time randomness follows transformers: dropout (hidden, attention probabilities) and drop path, which
 transformers applies to the attention branch only (the original Swin also applies it to the MLP branch). All of
 it is on exactly when the call receives `rngs` (an `nnx.Rngs` with a `dropout` stream); the module holds
@@ -42,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from orca_jax.models.layers import ACTIVATIONS, check_activation, dropout
+from orca_jax.models.layers import ACTIVATIONS, attention, check_activation, dropout
 
 # transformers builds these layer norms with PyTorch's default epsilon, not config.layer_norm_eps.
 _TORCH_LAYER_NORM_EPS = 1e-5
@@ -190,15 +193,18 @@ def window_merge(windows: jax.Array, window: int, height: int, width: int) -> ja
 
 
 class WindowAttention(nnx.Module):
-    """Multi-head self-attention within windows, with Swin's learned relative-position bias."""
+    """Multi-head self-attention within windows, with Swin's learned relative-position bias. Query, key and value
+    come from one fused [width, 3 * width] projection (the checkpoint's three tensors are its column blocks)."""
 
-    def __init__(self, width: int, heads: int, window_size: int, config: SwinConfig, *, dtype, rngs: nnx.Rngs):
-        qkv = lambda: nnx.Linear(width, width, use_bias=config.qkv_bias, dtype=dtype, param_dtype=dtype, rngs=rngs)  # noqa: E731
-        self.query, self.key, self.value = qkv(), qkv(), qkv()
-        self.out = nnx.Linear(width, width, dtype=dtype, param_dtype=dtype, rngs=rngs)
+    def __init__(
+        self, width: int, heads: int, window_size: int, config: SwinConfig, *, param_dtype, dtype, rngs: nnx.Rngs
+    ):
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.qkv = nnx.Linear(width, 3 * width, use_bias=config.qkv_bias, **kw)
+        self.out = nnx.Linear(width, width, **kw)
         table_shape = ((2 * window_size - 1) ** 2, heads)
         init = nnx.initializers.truncated_normal(0.02)
-        self.relative_position_bias_table = nnx.Param(init(rngs.params(), table_shape, dtype))
+        self.relative_position_bias_table = nnx.Param(init(rngs.params(), table_shape, param_dtype))
         self.heads = heads
         self.window_size = window_size
         self.dropout = config.attention_probs_dropout_prob
@@ -215,28 +221,24 @@ class WindowAttention(nnx.Module):
     def __call__(self, windows: jax.Array, bias: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         """windows [batch, num_windows, tokens, width]; bias [num_windows or 1, heads, tokens, tokens] float32."""
         batch, num_windows, tokens, width = windows.shape
-        head_dim = width // self.heads
-        split = lambda t: t.reshape(batch, num_windows, tokens, self.heads, head_dim)  # noqa: E731
-        q, k, v = split(self.query(windows)), split(self.key(windows)), split(self.value(windows))
-        scores = jnp.einsum("bwqhd,bwkhd->bwhqk", q * (head_dim**-0.5), k)
-        # Softmax in float32 even for bfloat16 parameters.
-        scores = scores.astype(jnp.float32) + bias[None]
-        probs = dropout(jax.nn.softmax(scores, axis=-1).astype(windows.dtype), self.dropout, rngs)
-        context = jnp.einsum("bwhqk,bwkhd->bwqhd", probs, v).reshape(batch, num_windows, tokens, width)
-        return self.out(context)
+        qkv = self.qkv(windows).reshape(batch, num_windows, tokens, 3, self.heads, width // self.heads)
+        context = attention(qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :], bias, self.dropout, rngs)
+        return self.out(context.reshape(batch, num_windows, tokens, width))
 
 
 class SwinBlock(nnx.Module):
     """Pre-norm block: x += drop_path(attention over (shifted) windows of LN(x)); x += MLP(LN(x))."""
 
-    def __init__(self, width: int, heads: int, shifted: bool, drop_path: float, config: SwinConfig, *, dtype, rngs):
-        norm = lambda: nnx.LayerNorm(width, epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=dtype, rngs=rngs)  # noqa: E731
+    def __init__(
+        self, width: int, heads: int, shifted: bool, drop_path: float, config: SwinConfig, *, param_dtype, dtype, rngs
+    ):
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         hidden = int(config.mlp_ratio * width)
-        self.layernorm_before = norm()
-        self.attention = WindowAttention(width, heads, config.window_size, config, dtype=dtype, rngs=rngs)
-        self.layernorm_after = norm()
-        self.mlp_in = nnx.Linear(width, hidden, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        self.mlp_out = nnx.Linear(hidden, width, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        self.layernorm_before = nnx.LayerNorm(width, epsilon=config.layer_norm_eps, **kw)
+        self.attention = WindowAttention(width, heads, config.window_size, config, **kw)
+        self.layernorm_after = nnx.LayerNorm(width, epsilon=config.layer_norm_eps, **kw)
+        self.mlp_in = nnx.Linear(width, hidden, **kw)
+        self.mlp_out = nnx.Linear(hidden, width, **kw)
         self.shifted = shifted
         self.drop_path = drop_path
         self.window_size = config.window_size
@@ -271,9 +273,10 @@ class SwinBlock(nnx.Module):
 class PatchMerging(nnx.Module):
     """2×2 neighbourhoods -> one token: concatenate (pad odd sides with zeros), LayerNorm(4C), Linear(4C -> 2C)."""
 
-    def __init__(self, width: int, *, dtype, rngs: nnx.Rngs):
-        self.norm = nnx.LayerNorm(4 * width, epsilon=_TORCH_LAYER_NORM_EPS, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        self.reduction = nnx.Linear(4 * width, 2 * width, use_bias=False, dtype=dtype, param_dtype=dtype, rngs=rngs)
+    def __init__(self, width: int, *, param_dtype, dtype, rngs: nnx.Rngs):
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.norm = nnx.LayerNorm(4 * width, epsilon=_TORCH_LAYER_NORM_EPS, **kw)
+        self.reduction = nnx.Linear(4 * width, 2 * width, use_bias=False, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, height, width, channels = x.shape
@@ -285,15 +288,18 @@ class PatchMerging(nnx.Module):
 
 
 class SwinStage(nnx.Module):
-    def __init__(self, config: SwinConfig, stage: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, config: SwinConfig, stage: int, *, param_dtype, dtype, rngs: nnx.Rngs):
         width, heads = config.stage_widths[stage], config.num_heads[stage]
         first = sum(config.depths[:stage])
         rates = config.drop_path_rates[first : first + config.depths[stage]]
         self.blocks = nnx.List(
-            [SwinBlock(width, heads, i % 2 == 1, rate, config, dtype=dtype, rngs=rngs) for i, rate in enumerate(rates)]
+            [
+                SwinBlock(width, heads, i % 2 == 1, rate, config, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+                for i, rate in enumerate(rates)
+            ]
         )
         last = stage == len(config.depths) - 1
-        self.downsample = None if last else PatchMerging(width, dtype=dtype, rngs=rngs)
+        self.downsample = None if last else PatchMerging(width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         for block in self.blocks:
@@ -304,15 +310,16 @@ class SwinStage(nnx.Module):
 class SwinEmbeddings(nnx.Module):
     """Patch embedding: NHWC images (sides padded with zeros to multiples of the patch) -> tokens and grid."""
 
-    def __init__(self, config: SwinConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, config: SwinConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.projection = nnx.Conv(
             config.num_channels, config.embed_dim, kernel_size=config.patch_size, strides=config.patch_size,
-            padding="VALID", dtype=dtype, param_dtype=dtype, rngs=rngs,
+            padding="VALID", **kw,
         )
-        self.norm = nnx.LayerNorm(config.embed_dim, epsilon=_TORCH_LAYER_NORM_EPS, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        self.norm = nnx.LayerNorm(config.embed_dim, epsilon=_TORCH_LAYER_NORM_EPS, **kw)
         grid, init = config.patch_grid, nnx.initializers.truncated_normal(0.02)
         self.position_embeddings = (
-            nnx.Param(init(rngs.params(), (1, grid[0] * grid[1], config.embed_dim), dtype))
+            nnx.Param(init(rngs.params(), (1, grid[0] * grid[1], config.embed_dim), param_dtype))
             if config.use_absolute_embeddings
             else None
         )
@@ -326,7 +333,7 @@ class SwinEmbeddings(nnx.Module):
                 "(transformers' NCHW pixel_values need x.transpose(0, 2, 3, 1))."
             )
         (ph, pw), (height, width) = config.patch_size, images.shape[1:3]
-        images = jnp.pad(images.astype(self.norm.scale.dtype), ((0, 0), (0, -height % ph), (0, -width % pw), (0, 0)))
+        images = jnp.pad(images.astype(self.norm.dtype), ((0, 0), (0, -height % ph), (0, -width % pw), (0, 0)))
         x = self.projection(images)
         grid = (x.shape[1], x.shape[2])
         x = self.norm(x.reshape(x.shape[0], grid[0] * grid[1], -1))
@@ -337,20 +344,20 @@ class SwinEmbeddings(nnx.Module):
                     f"(image_size={config.image_size}); images of {height}x{width} give {grid}. Resize the images "
                     "to image_size (position-embedding interpolation is not implemented)."
                 )
-            x = x + self.position_embeddings[...]
+            x = x + self.position_embeddings[...].astype(x.dtype)
         return dropout(x, config.hidden_dropout_prob, rngs), grid
 
 
 class Swin(nnx.Module):
-    """Swin v1 body; see the module docstring for the two entry points, the outputs and dropout."""
+    """Swin v1 body; see the module docstring for the two entry points, the outputs, dropout and dtypes."""
 
-    def __init__(self, config: SwinConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, config: SwinConfig, *, param_dtype=jnp.float32, dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.embeddings = SwinEmbeddings(config, dtype=dtype, rngs=rngs)
-        self.layers = nnx.List([SwinStage(config, i, dtype=dtype, rngs=rngs) for i in range(len(config.depths))])
-        self.layernorm = nnx.LayerNorm(
-            config.num_features, epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=dtype, rngs=rngs
-        )
+        self.param_dtype, self.dtype = param_dtype, dtype
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.embeddings = SwinEmbeddings(config, **kw)
+        self.layers = nnx.List([SwinStage(config, i, **kw) for i in range(len(config.depths))])
+        self.layernorm = nnx.LayerNorm(config.num_features, epsilon=config.layer_norm_eps, **kw)
 
     def __call__(
         self, images: jax.Array, *, output_hidden_states: bool = False, rngs: nnx.Rngs | None = None
@@ -369,7 +376,7 @@ class Swin(nnx.Module):
     ) -> SwinOutput:
         """Runs the stages on embedded patch tokens `[batch, height * width, embed_dim]` (row-major over the grid
         `(height, width)`, Python ints: shapes are static under jit), skipping the patch embedding, then the final
-        norm and mean pooling. Tokens are cast to the parameters' dtype."""
+        norm and mean pooling. Tokens are cast to the compute dtype."""
         height, width = (int(g) for g in grid)
         embed_dim = self.config.embed_dim
         if tokens.ndim != 3 or tokens.shape[1] != height * width or tokens.shape[2] != embed_dim:
@@ -377,7 +384,7 @@ class Swin(nnx.Module):
                 f"Expected patch tokens of shape [batch, {height}*{width}={height * width}, {embed_dim}] for grid "
                 f"{(height, width)}, got {tokens.shape}."
             )
-        x = tokens.reshape(tokens.shape[0], height, width, embed_dim).astype(self.layernorm.scale.dtype)
+        x = tokens.reshape(tokens.shape[0], height, width, embed_dim).astype(self.dtype)
         maps = [x]
         for stage in self.layers:
             x = stage(x, rngs)

@@ -13,18 +13,20 @@ ORCA feeds the body with its own embedder's tokens, so there are three ways in:
 Dropout is on exactly when `rngs` (an `nnx.Rngs` with a `dropout` stream) is passed to the call; without it the
 call is deterministic. This keeps the module free of random state, so a jitted train step is a pure function of
 the parameters and a key.
+
+`param_dtype` is the parameters' storage dtype and `dtype` the compute dtype (both float32 by default; see
+`orca_jax.models.layers` for what stays float32). Outputs come out in the compute dtype.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from orca_jax.models.layers import ACTIVATIONS, check_activation, dropout
+from orca_jax.models.layers import ACTIVATIONS, attention, check_activation, dropout
 
 # model_type -> (position ids count from pad_token_id + 1 and skip padding tokens?)
 _PADDING_OFFSET_POSITIONS = {"bert": False, "roberta": True, "xlm-roberta": True, "camembert": True}
@@ -95,46 +97,41 @@ class EncoderOutput:
     hidden_states: tuple[jax.Array, ...] | None = None  # embedding output, then each layer's output
 
 
-def attention_bias(attention_mask: jax.Array | None, dtype: jnp.dtype) -> jax.Array | None:
-    """[batch, length] 1/0 mask -> additive [batch, 1, 1, length] bias (a large negative number at padding)."""
+def attention_bias(attention_mask: jax.Array | None) -> jax.Array | None:
+    """[batch, length] 1/0 mask -> additive float32 [batch, 1, 1, length] bias (a large negative number at padding)."""
     if attention_mask is None:
         return None
-    return jnp.where(attention_mask[:, None, None, :].astype(bool), 0.0, jnp.finfo(dtype).min).astype(dtype)
+    return jnp.where(attention_mask[:, None, None, :].astype(bool), 0.0, jnp.finfo(jnp.float32).min)
 
 
 class SelfAttention(nnx.Module):
-    def __init__(self, width: int, heads: int, dropout: float, *, dtype, rngs: nnx.Rngs):
-        linear = lambda: nnx.Linear(width, width, dtype=dtype, param_dtype=dtype, rngs=rngs)  # noqa: E731
-        self.query, self.key, self.value, self.out = linear(), linear(), linear(), linear()
+    """Self-attention with one fused [width, 3 * width] query/key/value projection: one matmul instead of three
+    (checkpoints' separate query, key and value tensors are the kernel's three column blocks, in that order)."""
+
+    def __init__(self, width: int, heads: int, dropout: float, *, param_dtype, dtype, rngs: nnx.Rngs):
+        self.qkv = nnx.Linear(width, 3 * width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(width, width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.heads = heads
         self.dropout = dropout
 
     def __call__(self, x: jax.Array, bias: jax.Array | None, rngs: nnx.Rngs | None) -> jax.Array:
         batch, length, width = x.shape
-        split = lambda t: t.reshape(batch, length, self.heads, width // self.heads)  # noqa: E731
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(width // self.heads)
-        # Softmax in float32 even for bfloat16 parameters: the exponentials are where low precision hurts.
-        scores = scores.astype(jnp.float32)
-        if bias is not None:
-            scores = scores + bias.astype(jnp.float32)
-        probs = dropout(jax.nn.softmax(scores, axis=-1).astype(x.dtype), self.dropout, rngs)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, length, width)
-        return self.out(context)
+        qkv = self.qkv(x).reshape(batch, length, 3, self.heads, width // self.heads)
+        context = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], bias, self.dropout, rngs)
+        return self.out(context.reshape(batch, length, width))
 
 
 class EncoderLayer(nnx.Module):
     """Post-norm transformer block, as in BERT: x = LN(x + attn(x)); x = LN(x + mlp(x))."""
 
-    def __init__(self, config: TextEncoderConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, config: TextEncoderConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
         width, eps = config.hidden_size, config.layer_norm_eps
-        self.attention = SelfAttention(
-            width, config.num_attention_heads, config.attention_probs_dropout_prob, dtype=dtype, rngs=rngs
-        )
-        self.attention_norm = nnx.LayerNorm(width, epsilon=eps, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        self.mlp_in = nnx.Linear(width, config.intermediate_size, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        self.mlp_out = nnx.Linear(config.intermediate_size, width, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        self.mlp_norm = nnx.LayerNorm(width, epsilon=eps, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.attention = SelfAttention(width, config.num_attention_heads, config.attention_probs_dropout_prob, **kw)
+        self.attention_norm = nnx.LayerNorm(width, epsilon=eps, **kw)
+        self.mlp_in = nnx.Linear(width, config.intermediate_size, **kw)
+        self.mlp_out = nnx.Linear(config.intermediate_size, width, **kw)
+        self.mlp_norm = nnx.LayerNorm(width, epsilon=eps, **kw)
         self.activation = config.hidden_act
         self.dropout = config.hidden_dropout_prob
 
@@ -145,12 +142,13 @@ class EncoderLayer(nnx.Module):
 
 
 class TextEmbeddings(nnx.Module):
-    def __init__(self, config: TextEncoderConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, config: TextEncoderConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
         width = config.hidden_size
-        self.word = nnx.Embed(config.vocab_size, width, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        self.position = nnx.Embed(config.max_position_embeddings, width, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        self.token_type = nnx.Embed(config.type_vocab_size, width, dtype=dtype, param_dtype=dtype, rngs=rngs)
-        self.norm = nnx.LayerNorm(width, epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.word = nnx.Embed(config.vocab_size, width, **kw)
+        self.position = nnx.Embed(config.max_position_embeddings, width, **kw)
+        self.token_type = nnx.Embed(config.type_vocab_size, width, **kw)
+        self.norm = nnx.LayerNorm(width, epsilon=config.layer_norm_eps, **kw)
         self.config = config
 
     def position_ids(self, length: int, input_ids: jax.Array | None = None) -> jax.Array:
@@ -175,7 +173,7 @@ class TextEmbeddings(nnx.Module):
         position_ids: jax.Array | None,
         rngs: nnx.Rngs | None,
     ) -> jax.Array:
-        x = self.word(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.word.embedding.dtype)
+        x = self.word(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.word.dtype)
         if position_ids is None:
             position_ids = self.position_ids(x.shape[1], input_ids)
         if token_type_ids is None:
@@ -185,21 +183,23 @@ class TextEmbeddings(nnx.Module):
 
 
 class Pooler(nnx.Module):
-    def __init__(self, width: int, *, dtype, rngs: nnx.Rngs):
-        self.dense = nnx.Linear(width, width, dtype=dtype, param_dtype=dtype, rngs=rngs)
+    def __init__(self, width: int, *, param_dtype, dtype, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(width, width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         return jnp.tanh(self.dense(hidden[:, 0]))
 
 
 class TextEncoder(nnx.Module):
-    """A BERT-family encoder; see the module docstring for the three entry points and dropout."""
+    """A BERT-family encoder; see the module docstring for the three entry points, dropout and dtypes."""
 
-    def __init__(self, config: TextEncoderConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, config: TextEncoderConfig, *, param_dtype=jnp.float32, dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.embeddings = TextEmbeddings(config, dtype=dtype, rngs=rngs)
-        self.layers = nnx.List([EncoderLayer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_hidden_layers)])
-        self.pooler = Pooler(config.hidden_size, dtype=dtype, rngs=rngs) if config.add_pooling_layer else None
+        self.param_dtype, self.dtype = param_dtype, dtype
+        kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.embeddings = TextEmbeddings(config, **kw)
+        self.layers = nnx.List([EncoderLayer(config, **kw) for _ in range(config.num_hidden_layers)])
+        self.pooler = Pooler(config.hidden_size, **kw) if config.add_pooling_layer else None
 
     def __call__(
         self,
@@ -229,8 +229,8 @@ class TextEncoder(nnx.Module):
         width = self.config.hidden_size
         if hidden_states.ndim != 3 or hidden_states.shape[-1] != width:
             raise ValueError(f"Expected embedded tokens of shape [batch, length, {width}], got {hidden_states.shape}.")
-        x = hidden_states
-        bias = attention_bias(attention_mask, jnp.float32)
+        x = hidden_states.astype(self.dtype)
+        bias = attention_bias(attention_mask)
         states = [x]
         for layer in self.layers:
             x = layer(x, bias, rngs)

@@ -49,7 +49,7 @@ FINETUNE_MODES = ("all", "layernorm", "non-attn", "frozen-body")
 PARTS = ("embedder", "body", "head")  # OrcaModel's children
 UNUSED_BODY_PARTS = ("embeddings", "pooler")  # replaced by the embedder and mean pooling
 BODY_NORMS = ("attention_norm", "mlp_norm", "layernorm_before", "layernorm_after", "layernorm")
-ATTENTION_INPUTS = ("query", "key", "value")
+ATTENTION_INPUTS = ("qkv",)  # the bodies' fused query/key/value projection
 
 
 def _check_mode(mode: str) -> None:

@@ -2,18 +2,15 @@
 -> `orca_jax.models.text_encoder.TextEncoder`.
 
 Old BERT checkpoints name layer-norm parameters gamma/beta; both spellings map to the same path, and a file that
-holds both is reported as a duplicate.
+holds both is reported as a duplicate. The separate query, key and value projections become the three column blocks
+of our fused `attention.qkv`.
 """
 
-from orca_jax.weights.convert import Drop, KeyTable, Rule, transpose
+from orca_jax.weights.convert import Drop, KeyTable, Rule, fused_linear, linear
 
 _LAYER = r"encoder\.layer\.(\d+)\."
 _SCALE = r"(?:weight|gamma)"
 _BIAS = r"(?:bias|beta)"
-
-
-def _linear(source: str, target: str) -> list[Rule]:
-    return [Rule(source + r"\.weight", target + ".kernel", transpose), Rule(source + r"\.bias", target + ".bias")]
 
 
 def _norm(source: str, target: str) -> list[Rule]:
@@ -26,15 +23,14 @@ BERT_FAMILY_KEYS = KeyTable(
         Rule(r"embeddings\.position_embeddings\.weight", "embeddings.position.embedding"),
         Rule(r"embeddings\.token_type_embeddings\.weight", "embeddings.token_type.embedding"),
         *_norm(r"embeddings\.LayerNorm", "embeddings.norm"),
-        *_linear(_LAYER + r"attention\.self\.query", r"layers.\1.attention.query"),
-        *_linear(_LAYER + r"attention\.self\.key", r"layers.\1.attention.key"),
-        *_linear(_LAYER + r"attention\.self\.value", r"layers.\1.attention.value"),
-        *_linear(_LAYER + r"attention\.output\.dense", r"layers.\1.attention.out"),
+        *fused_linear([_LAYER + rf"attention\.self\.{n}" for n in ("query", "key", "value")],
+                      r"layers.\1.attention.qkv"),
+        *linear(_LAYER + r"attention\.output\.dense", r"layers.\1.attention.out"),
         *_norm(_LAYER + r"attention\.output\.LayerNorm", r"layers.\1.attention_norm"),
-        *_linear(_LAYER + r"intermediate\.dense", r"layers.\1.mlp_in"),
-        *_linear(_LAYER + r"output\.dense", r"layers.\1.mlp_out"),
+        *linear(_LAYER + r"intermediate\.dense", r"layers.\1.mlp_in"),
+        *linear(_LAYER + r"output\.dense", r"layers.\1.mlp_out"),
         *_norm(_LAYER + r"output\.LayerNorm", r"layers.\1.mlp_norm"),
-        *_linear(r"pooler\.dense", "pooler.dense"),
+        *linear(r"pooler\.dense", "pooler.dense"),
     ],
     # Constant index buffers that older transformers versions saved; ours are computed from the config.
     drops=[Drop(r"embeddings\.position_ids"), Drop(r"embeddings\.token_type_ids")],

@@ -5,6 +5,10 @@ Each architecture supplies a `KeyTable`: regex rules from checkpoint names to ou
 Shapes come from the model built abstractly from the checkpoint's config, so every tensor is checked against what
 the config implies. Nothing is loaded silently: an unmapped, missing, duplicate or
 mis-shaped key is an error that names it, all of them collected into one message.
+
+A fused parameter (the bodies' one [width, 3 * width] query/key/value kernel) is filled from several checkpoint
+tensors: each rule names its block (`part=(index, count)`, blocks side by side along the parameter's last axis), and
+each block is checked like a whole parameter: present exactly once, with the block's shape.
 """
 
 from __future__ import annotations
@@ -37,11 +41,32 @@ def conv_to_hwio(x: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """`pattern` fully matches a checkpoint name; `target` is our dotted path with regex group references."""
+    """`pattern` fully matches a checkpoint name; `target` is our dotted path with regex group references.
+
+    `part=(i, n)`: the (transformed) tensor is block i of the n equal blocks that make up the target along its last
+    axis.
+    """
 
     pattern: str
     target: str
     transform: Callable[[np.ndarray], np.ndarray] = identity
+    part: tuple[int, int] | None = None
+
+
+def linear(source: str, target: str, *, bias: bool = True) -> list[Rule]:
+    """Rules for a PyTorch `nn.Linear` (`source` regex without `.weight`/`.bias`) -> an `nnx.Linear` at `target`."""
+    rules = [Rule(source + r"\.weight", target + ".kernel", transpose)]
+    return rules + [Rule(source + r"\.bias", target + ".bias")] if bias else rules
+
+
+def fused_linear(sources: Sequence[str], target: str, *, bias: bool = True) -> list[Rule]:
+    """Rules for several PyTorch `nn.Linear`s -> the column blocks, in order, of one `nnx.Linear` at `target`."""
+    n = len(sources)
+    return [
+        dataclasses.replace(rule, part=(i, n))
+        for i, source in enumerate(sources)
+        for rule in linear(source, target, bias=bias)
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +95,14 @@ def _dotted(path: Path) -> str:
     return ".".join(str(p) for p in path)
 
 
+def _block_name(path: Path, part: tuple[int, int] | None) -> str:
+    return _dotted(path) if part is None else f"{_dotted(path)} (block {part[0] + 1} of {part[1]})"
+
+
+def _block_shape(shape: tuple[int, ...], part: tuple[int, int] | None) -> tuple[int, ...]:
+    return shape if part is None else (*shape[:-1], shape[-1] // part[1])
+
+
 def convert(
     tensors: Mapping[str, np.ndarray],
     table: KeyTable,
@@ -81,8 +114,8 @@ def convert(
     """
     rules = [(re.compile(rule.pattern), rule) for rule in table.rules]
     drops = [(re.compile(drop.pattern), drop) for drop in table.drops]
-    converted: dict[Path, np.ndarray] = {}
-    source_of: dict[Path, str] = {}
+    blocks: dict[Path, dict[tuple[int, int] | None, np.ndarray]] = {}  # path -> part -> converted tensor
+    source_of: dict[tuple[Path, tuple[int, int] | None], str] = {}
     dropped, problems = [], []
     for name in sorted(tensors):
         drop = next((d for regex, d in drops if regex.fullmatch(name)), None)
@@ -104,26 +137,43 @@ def convert(
             continue
         match, rule = matches[0]
         path = _to_path(match.expand(rule.target))
-        if path in source_of:
-            problems.append(f"duplicate: keys {source_of[path]!r} and {name!r} both map to {_dotted(path)}")
+        target = _block_name(path, rule.part)
+        if (path, rule.part) in source_of:
+            problems.append(f"duplicate: keys {source_of[path, rule.part]!r} and {name!r} both map to {target}")
             continue
         if path not in expected:
             problems.append(f"key {name!r} maps to {_dotted(path)}, which this model does not have")
             continue
-        source_of[path] = name
+        source_of[path, rule.part] = name
         value = rule.transform(np.asarray(tensors[name]))
-        want = tuple(expected[path].shape)
+        want = _block_shape(tuple(expected[path].shape), rule.part)
         if value.shape != want:
             problems.append(
                 f"shape mismatch for {name!r}: the file has {tuple(tensors[name].shape)}, giving "
-                f"{value.shape} for {_dotted(path)}, but the config implies {want}"
+                f"{value.shape} for {target}, but the config implies {want}"
             )
             continue
-        converted[path] = value
-    problems += [
-        f"missing: {_dotted(path)} (no key of the checkpoint provides it)"
-        for path in sorted(set(expected) - set(source_of), key=_dotted)
-    ]
+        blocks.setdefault(path, {})[rule.part] = value
+    provided: dict[Path, set[tuple[int, int] | None]] = {}
+    for path, part in source_of:
+        provided.setdefault(path, set()).add(part)
+    converted: dict[Path, np.ndarray] = {}
+    for path in sorted(expected, key=_dotted):
+        parts = provided.get(path, set())
+        counts = {part[1] for part in parts if part is not None}
+        if not parts:
+            problems.append(f"missing: {_dotted(path)} (no key of the checkpoint provides it)")
+        elif len(counts) > 1 or (counts and None in parts):
+            problems.append(f"{_dotted(path)} is provided both whole and in blocks (a bug in the key table)")
+        elif not counts:
+            if path in blocks:  # else its shape was wrong, already reported
+                converted[path] = blocks[path][None]
+        else:
+            (count,) = counts
+            absent = [(i, count) for i in range(count) if (i, count) not in parts]
+            problems += [f"missing: {_block_name(path, p)} (no key of the checkpoint provides it)" for p in absent]
+            if len(blocks.get(path, {})) == count:
+                converted[path] = np.concatenate([blocks[path][i, count] for i in range(count)], axis=-1)
     if problems:
         lines = "\n  - ".join(problems)
         raise WeightConversionError(
@@ -133,18 +183,17 @@ def convert(
 
 
 def load_into(
-    make_model: Callable[[], nnx.Module],
-    tensors: Mapping[str, np.ndarray],
-    table: KeyTable,
-    dtype: jnp.dtype,
+    make_model: Callable[[], nnx.Module], tensors: Mapping[str, np.ndarray], table: KeyTable
 ) -> tuple[nnx.Module, list[str]]:
-    """Builds the model abstractly (no random init, no memory), then fills every parameter from the checkpoint."""
+    """Builds the model abstractly (no random init, no memory), then fills every parameter from the checkpoint, cast
+    to the dtype the model stores that parameter in (its `param_dtype`)."""
     abstract = nnx.eval_shape(make_model)
     graphdef, state = nnx.split(abstract)
     flat = list(nnx.to_flat_state(state))
     not_params = [_dotted(path) for path, var in flat if not isinstance(var, nnx.Param)]
     if not_params:
         raise TypeError(f"Model state holds non-parameter variables {not_params}; the loader fills parameters only.")
-    converted, dropped = convert(tensors, table, {path: var.get_value() for path, var in flat})
-    loaded = [(path, var.replace(jnp.asarray(converted[path], dtype=dtype))) for path, var in flat]
+    expected = {path: var.get_value() for path, var in flat}
+    converted, dropped = convert(tensors, table, expected)
+    loaded = [(path, var.replace(jnp.asarray(converted[path], dtype=expected[path].dtype))) for path, var in flat]
     return nnx.merge(graphdef, nnx.from_flat_state(loaded)), dropped

@@ -7,6 +7,8 @@ Keyed on the names in the files: hub files and transformers 5.24's `save_pretrai
 `attention.relative_position_bias.relative_position_bias_table`, ...) are accepted as other spellings of the same
 tensors (a file holding both is reported as a duplicate).
 
+The separate query, key and value projections become the three column blocks of our fused `attention.qkv`.
+
 Dropped on purpose: the `relative_position_index` buffers that hub files carry (after checking each equals the index
 our constants encode: a mismatch is an error naming the key), and the masked-image-modeling `mask_token`, which only
 SimMIM pretraining uses.
@@ -15,15 +17,10 @@ SimMIM pretraining uses.
 import numpy as np
 
 from orca_jax.models.swin import SwinConfig, relative_position_index
-from orca_jax.weights.convert import Drop, KeyTable, Rule, conv_to_hwio, transpose
+from orca_jax.weights.convert import Drop, KeyTable, Rule, conv_to_hwio, fused_linear, linear
 
 _BLOCK = r"encoder\.layers\.(\d+)\.blocks\.(\d+)\."
 _TARGET = r"layers.\1.blocks.\2."
-
-
-def _linear(source: str, target: str, bias: bool = True) -> list[Rule]:
-    rules = [Rule(source + r"\.weight", target + ".kernel", transpose)]
-    return rules + [Rule(source + r"\.bias", target + ".bias")] if bias else rules
 
 
 def _norm(source: str, target: str) -> list[Rule]:
@@ -51,20 +48,22 @@ def swin_keys(config: SwinConfig) -> KeyTable:
             Rule(r"embeddings\.patch_embeddings\.projection\.bias", "embeddings.projection.bias"),
             *_norm(r"embeddings\.norm", "embeddings.norm"),
             Rule(r"embeddings\.position_embeddings", "embeddings.position_embeddings"),
-            *_linear(_BLOCK + r"attention\.(?:self\.query|q_proj)", _TARGET + "attention.query", config.qkv_bias),
-            *_linear(_BLOCK + r"attention\.(?:self\.key|k_proj)", _TARGET + "attention.key", config.qkv_bias),
-            *_linear(_BLOCK + r"attention\.(?:self\.value|v_proj)", _TARGET + "attention.value", config.qkv_bias),
-            *_linear(_BLOCK + r"attention\.(?:output\.dense|o_proj)", _TARGET + "attention.out"),
+            *fused_linear(
+                [_BLOCK + rf"attention\.(?:self\.{name}|{name[0]}_proj)" for name in ("query", "key", "value")],
+                _TARGET + "attention.qkv",
+                bias=config.qkv_bias,
+            ),
+            *linear(_BLOCK + r"attention\.(?:output\.dense|o_proj)", _TARGET + "attention.out"),
             Rule(
                 _BLOCK + r"attention\.(?:self|relative_position_bias)\.relative_position_bias_table",
                 _TARGET + "attention.relative_position_bias_table",
             ),
             *_norm(_BLOCK + r"layernorm_before", _TARGET + "layernorm_before"),
             *_norm(_BLOCK + r"layernorm_after", _TARGET + "layernorm_after"),
-            *_linear(_BLOCK + r"(?:intermediate\.dense|mlp\.fc1)", _TARGET + "mlp_in"),
-            *_linear(_BLOCK + r"(?:output\.dense|mlp\.fc2)", _TARGET + "mlp_out"),
+            *linear(_BLOCK + r"(?:intermediate\.dense|mlp\.fc1)", _TARGET + "mlp_in"),
+            *linear(_BLOCK + r"(?:output\.dense|mlp\.fc2)", _TARGET + "mlp_out"),
             *_norm(r"encoder\.layers\.(\d+)\.downsample\.norm", r"layers.\1.downsample.norm"),
-            *_linear(r"encoder\.layers\.(\d+)\.downsample\.reduction", r"layers.\1.downsample.reduction", bias=False),
+            *linear(r"encoder\.layers\.(\d+)\.downsample\.reduction", r"layers.\1.downsample.reduction", bias=False),
             *_norm(r"layernorm", "layernorm"),
         ],
         drops=[

@@ -86,14 +86,15 @@ def official_loop(p0, data, name, lr, accum, clip, warmup_epochs, decay_epochs):
 
 
 def as_orca_params(p):
-    """The tiny problem's parameters under OrcaModel-like paths: q is a query projection, m an MLP kernel."""
-    layer = {"attention": {"query": {"kernel": p["q"]}}, "mlp_in": {"kernel": p["m"]}}
+    """The tiny problem's parameters under OrcaModel-like paths: q is a query/key/value projection, m an MLP
+    kernel."""
+    layer = {"attention": {"qkv": {"kernel": p["q"]}}, "mlp_in": {"kernel": p["m"]}}
     return {"embedder": {"w": p["w"]}, "body": {"layers": {0: layer}}, "head": {"b": p["b"]}}
 
 
 def from_orca_params(params):
     layer = params["body"]["layers"][0]
-    return dict(w=params["embedder"]["w"], q=layer["attention"]["query"]["kernel"], m=layer["mlp_in"]["kernel"],
+    return dict(w=params["embedder"]["w"], q=layer["attention"]["qkv"]["kernel"], m=layer["mlp_in"]["kernel"],
                 b=params["head"]["b"])
 
 
@@ -153,15 +154,18 @@ def tiny_swin_model():
 
 
 # Our paths (dotted) -> the official model's names (wrapper1D / wrapper2D over HF RoBERTa / Swin); None: the official
-# model has no such parameter (it replaces the body's embeddings and pooler). Parameter leaf names kept as ours.
+# model has no such parameter (it replaces the body's embeddings and pooler). Parameter leaf names kept as ours. Our
+# fused query/key/value projection holds three official parameters ({qkv} stands for each of their names).
 OFFICIAL_NAMES = [
     (r"body\.(embeddings|pooler)\..*", None),
     (r"embedder\.(.*)", r"embedder.\1"),
     (r"head\.(.*)", r"predictor.\1"),
     (r"body\.layernorm\.(.*)", r"model.swin.layernorm.\1"),
     (r"body\.layers\.(\d+)\.downsample\.(.*)", r"model.swin.encoder.layers.\1.downsample.\2"),
-    (r"body\.layers\.(\d+)\.blocks\.(\d+)\.attention\.(query|key|value|relative_position_bias_table)(.*)",
-     r"model.swin.encoder.layers.\1.blocks.\2.attention.self.\3\4"),
+    (r"body\.layers\.(\d+)\.blocks\.(\d+)\.attention\.qkv\.(.*)",
+     r"model.swin.encoder.layers.\1.blocks.\2.attention.self.{qkv}.\3"),
+    (r"body\.layers\.(\d+)\.blocks\.(\d+)\.attention\.relative_position_bias_table",
+     r"model.swin.encoder.layers.\1.blocks.\2.attention.self.relative_position_bias_table"),
     (r"body\.layers\.(\d+)\.blocks\.(\d+)\.attention\.out\.(.*)",
      r"model.swin.encoder.layers.\1.blocks.\2.attention.output.dense.\3"),
     (r"body\.layers\.(\d+)\.blocks\.(\d+)\.(layernorm_before|layernorm_after)\.(.*)",
@@ -169,7 +173,7 @@ OFFICIAL_NAMES = [
     (r"body\.layers\.(\d+)\.blocks\.(\d+)\.mlp_in\.(.*)",
      r"model.swin.encoder.layers.\1.blocks.\2.intermediate.dense.\3"),
     (r"body\.layers\.(\d+)\.blocks\.(\d+)\.mlp_out\.(.*)", r"model.swin.encoder.layers.\1.blocks.\2.output.dense.\3"),
-    (r"body\.layers\.(\d+)\.attention\.(query|key|value)\.(.*)", r"model.encoder.layer.\1.attention.self.\2.\3"),
+    (r"body\.layers\.(\d+)\.attention\.qkv\.(.*)", r"model.encoder.layer.\1.attention.self.{qkv}.\2"),
     (r"body\.layers\.(\d+)\.attention\.out\.(.*)", r"model.encoder.layer.\1.attention.output.dense.\2"),
     (r"body\.layers\.(\d+)\.attention_norm\.(.*)", r"model.encoder.layer.\1.attention.output.LayerNorm.\2"),
     (r"body\.layers\.(\d+)\.mlp_in\.(.*)", r"model.encoder.layer.\1.intermediate.dense.\2"),
@@ -178,18 +182,27 @@ OFFICIAL_NAMES = [
 ]
 
 
-def official_name(path):
+def official_names(path):
+    """The official parameters one of ours holds: none, one, or three for a fused query/key/value projection."""
     dotted = ".".join(map(str, path))
     for pattern, replacement in OFFICIAL_NAMES:
         if match := re.fullmatch(pattern, dotted):
-            return None if replacement is None else match.expand(replacement)
+            if replacement is None:
+                return ()
+            name = match.expand(replacement)
+            return tuple(name.format(qkv=part) for part in ("query", "key", "value")) if "{qkv}" in name else (name,)
     raise AssertionError(f"no official name for {dotted}")
 
 
-def officially_trained(name, mode):
+def officially_trained(names, mode):
+    """Whether the official code trains these parameters (all of them, or none: a fused parameter cannot be split)."""
+    trained = {officially_trained_name(name, mode) for name in names}
+    assert len(trained) <= 1, (names, mode)
+    return trained == {True}
+
+
+def officially_trained_name(name, mode):
     """src/utils.py::set_param_grad's rules; frozen-body is the official predictor stage (embedder + predictor)."""
-    if name is None:
-        return False
     if mode == "layernorm":
         return not ("layer" in name and not ("layernorm" in name or "LayerNorm" in name))
     if mode == "non-attn":
@@ -207,8 +220,8 @@ def test_each_mode_trains_exactly_its_parameters(build):
     params = jax.tree.map(lambda p: p + 0.05, params)  # no parameter at 0, so weight decay alone moves it
     grads = jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(x) ** 2)))(params)
     before = dict(nnx.to_flat_state(params))
-    names = {path: official_name(path) for path in before}
-    assert any(name and "downsample.norm" in name for name in names.values()) == (build is tiny_swin_model)
+    names = {path: official_names(path) for path in before}
+    assert any("downsample.norm" in name for group in names.values() for name in group) == (build is tiny_swin_model)
     for mode in FINETUNE_MODES:
         optimizer = make_finetune_optimizer(optimizer_config("adamw", 0.1, 0.1), refine_config(mode, clip=1.0), 4)
         updates, _ = optimizer.update(grads, optimizer.init(params), params)

@@ -57,6 +57,32 @@ def test_duplicate_spelling_is_named(tiny):
         from_pretrained(tiny)
 
 
+def test_query_key_value_fill_the_fused_kernel_in_order(tiny):
+    file = load_file(tiny / "model.safetensors")
+    attention = from_pretrained(tiny).layers[1].attention.qkv
+    prefix = "encoder.layer.1.attention.self."
+    for i, name in enumerate(("query", "key", "value")):
+        block = slice(32 * i, 32 * (i + 1))
+        np.testing.assert_array_equal(attention.kernel[:, block], file[prefix + name + ".weight"].T)
+        np.testing.assert_array_equal(attention.bias[block], file[prefix + name + ".bias"])
+
+
+def test_missing_or_mis_shaped_block_of_a_fused_parameter_is_named(tiny):
+    def edit(t):
+        t.pop("encoder.layer.0.attention.self.value.weight")
+        t["encoder.layer.1.attention.self.key.bias"] = np.zeros(31, np.float32)
+
+    _edit(tiny, edit)
+    with pytest.raises(WeightConversionError, match=r"2 problem\(s\)") as err:
+        from_pretrained(tiny)
+    message = str(err.value)
+    assert r"missing: layers.0.attention.qkv.kernel (block 3 of 3)" in message
+    assert (
+        "shape mismatch for 'encoder.layer.1.attention.self.key.bias': the file has (31,), giving (31,) for "
+        "layers.1.attention.qkv.bias (block 2 of 3), but the config implies (32,)"
+    ) in message
+
+
 def test_all_problems_reported_at_once(tiny):
     def edit(t):
         t.pop("pooler.dense.bias")
@@ -138,6 +164,6 @@ def test_verify_weights_script_passes_and_fails_on_tolerance(tiny, capsys):
     assert "FAIL" in capsys.readouterr().out
 
 
-def test_bfloat16_parameters_loaded_from_float32_file(tiny):
-    model = from_pretrained(tiny, dtype=jnp.bfloat16)
-    assert model.embeddings.word.embedding.dtype == jnp.bfloat16
+def test_parameters_are_cast_to_the_param_dtype_not_the_compute_dtype(tiny):
+    assert from_pretrained(tiny, param_dtype=jnp.bfloat16).embeddings.word.embedding.dtype == jnp.bfloat16
+    assert from_pretrained(tiny, dtype=jnp.bfloat16).embeddings.word.embedding.dtype == jnp.float32
