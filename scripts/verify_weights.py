@@ -4,13 +4,14 @@ on the same random inputs (with padding where the body takes a mask) and prints 
     python scripts/verify_weights.py CHECKPOINT [--tolerance 1e-4] [--batch 2] [--length 16]
 
 CHECKPOINT is a snapshot directory or a hub id (resolved through the Hugging Face cache). Exits 1 if any
-difference exceeds the tolerance (float32).
+difference exceeds the tolerance (float32) or is not finite (NaN or infinite outputs on either side).
 """
 
 import argparse
+import math
 import sys
 
-from orca_jax.parity import compare_with_transformers
+from orca_jax.parity import compare_with_transformers, worst
 
 
 def main(argv=None) -> int:
@@ -24,12 +25,15 @@ def main(argv=None) -> int:
     comparisons = compare_with_transformers(args.checkpoint, batch=args.batch, length=args.length, seed=args.seed)
     width = max(len(c.name) for c in comparisons)
     for c in comparisons:
-        flag = "ok" if c.max_abs_diff <= args.tolerance else "FAIL"
+        flag = "ok" if c.within(args.tolerance) else "FAIL" if math.isfinite(c.max_abs_diff) else "FAIL (not finite)"
         print(f"{c.name:<{width}}  max|diff| = {c.max_abs_diff:.3e}  {flag}")
-    worst = max(comparisons, key=lambda c: c.max_abs_diff)
-    failed = worst.max_abs_diff > args.tolerance
-    print(f"{'FAIL' if failed else 'PASS'}: worst {worst.name} {worst.max_abs_diff:.3e} vs tolerance {args.tolerance:g}")
-    return int(failed)
+    failures = [c for c in comparisons if not c.within(args.tolerance)]
+    bad = worst(comparisons)
+    print(
+        f"{'FAIL' if failures else 'PASS'}: {len(failures)} of {len(comparisons)} comparisons fail; worst {bad.name} "
+        f"{bad.max_abs_diff:.3e} vs tolerance {args.tolerance:g}"
+    )
+    return int(bool(failures))
 
 
 if __name__ == "__main__":

@@ -98,7 +98,10 @@ def load_checkpoint(
         )
     arch = ARCHITECTURES[model_type]
     body, head_keys, prefix = split_body(read_tensors(directory), arch.body_prefixes)
-    config = arch.build_config(hf_config, list(body))
+    try:
+        config = arch.build_config(hf_config, list(body))
+    except ValueError as exc:
+        raise ValueError(f"{directory / 'config.json'}: {exc}") from exc
     if dropout is not None:
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout} must be in [0, 1).")

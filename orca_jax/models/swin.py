@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from orca_jax.models.hf_config import fields_from_hf
 from orca_jax.models.layers import ACTIVATIONS, attention, check_activation, dropout
 
 # transformers builds these layer norms with PyTorch's default epsilon, not config.layer_norm_eps.
@@ -127,8 +128,7 @@ class SwinConfig:
                 f"model_type={config.get('model_type')!r} is not Swin v1 ('swin'); Swin v2 and other variants are not "
                 "supported."
             )
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: config[k] for k in fields if config.get(k) is not None})
+        return cls(**fields_from_hf(cls, config))
 
 
 @struct.dataclass

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from orca_jax.models.hf_config import fields_from_hf
 from orca_jax.models.layers import ACTIVATIONS, attention, check_activation, dropout
 
 # model_type -> (position ids count from pad_token_id + 1 and skip padding tokens?)
@@ -81,10 +82,8 @@ class TextEncoderConfig:
             )
         if config.get("is_decoder") or config.get("add_cross_attention"):
             raise ValueError("Decoder / cross-attention configs are not encoders; load an encoder checkpoint.")
-        fields = {f.name for f in dataclasses.fields(cls)} - {"padding_offset_positions", "add_pooling_layer"}
-        kwargs = {k: config[k] for k in fields if config.get(k) is not None}
         return cls(
-            **kwargs,
+            **fields_from_hf(cls, config, exclude={"padding_offset_positions", "add_pooling_layer"}),
             padding_offset_positions=_PADDING_OFFSET_POSITIONS[model_type],
             add_pooling_layer=add_pooling_layer,
         )

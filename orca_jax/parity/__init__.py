@@ -7,8 +7,9 @@ transformers, imported here only.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -19,6 +20,20 @@ from orca_jax.models.pretrained import LoadedCheckpoint, load_checkpoint
 class Comparison:
     name: str  # e.g. "input_ids/layer 3"
     max_abs_diff: float
+
+    def within(self, tolerance: float) -> bool:
+        """Passes only a finite difference: NaN compares false with everything, so `diff > tolerance` alone would
+        pass a model (or a checkpoint) that produces NaN."""
+        return math.isfinite(self.max_abs_diff) and self.max_abs_diff <= tolerance
+
+
+def worst(comparisons: Sequence[Comparison]) -> Comparison:
+    """The comparison furthest from passing: the first non-finite difference if any, else the largest."""
+    def badness(c: Comparison) -> tuple[bool, float]:
+        finite = math.isfinite(c.max_abs_diff)
+        return (not finite, c.max_abs_diff if finite else 0.0)
+
+    return max(comparisons, key=badness)
 
 
 def compare_with_transformers(
@@ -45,4 +60,4 @@ def max_abs_diff(ours, theirs) -> float:
     return float(np.max(np.abs(np.asarray(ours, np.float64) - np.asarray(theirs, np.float64))))
 
 
-__all__ = ["Comparison", "LoadedCheckpoint", "compare_with_transformers", "max_abs_diff"]
+__all__ = ["Comparison", "LoadedCheckpoint", "compare_with_transformers", "max_abs_diff", "worst"]

@@ -4,12 +4,19 @@ Tensors are returned as NumPy arrays keyed by the file's own names. Safetensors 
 reader of our own rather than through `safetensors.numpy`, because that one rejects bfloat16 tensors (NumPy has no
 bfloat16; `ml_dtypes` gives us one) and because memory-mapping keeps a multi-GB checkpoint out of RAM until each
 tensor is converted. Legacy `pytorch_model.bin` files need torch, imported only on that path.
+
+Damaged files (an interrupted download, a file cut short, something else saved under the name) raise
+`CheckpointFormatError` naming the file and what is wrong with it, before any tensor is used: the safetensors
+header must be JSON that fits in the file, and every tensor's byte range must lie inside the file and hold exactly
+its shape times its dtype's size.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +55,13 @@ _SAFETENSORS_DTYPES = {
 
 class CheckpointNotFoundError(FileNotFoundError):
     """A checkpoint that is neither a usable local directory nor obtainable from the hub."""
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint file that cannot be read as what its name says it is (truncated, damaged or something else)."""
+
+
+_REFETCH = "re-download it, or re-save the model with save_pretrained()"
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
@@ -100,9 +114,23 @@ def _download(repo_id: str) -> Path:
     return snapshot
 
 
+def read_json(file: Path) -> dict:
+    """A JSON object from `file` (config.json, a shard index); anything else is a `CheckpointFormatError`."""
+    try:
+        content = json.loads(file.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f" at line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise CheckpointFormatError(
+            f"{file} is not valid JSON ({reason}{where}): it may be cut short or damaged; {_REFETCH}."
+        ) from exc
+    if not isinstance(content, dict):
+        raise CheckpointFormatError(f"{file} holds a JSON {type(content).__name__}, not an object; {_REFETCH}.")
+    return content
+
+
 def read_config(directory: Path) -> dict:
-    with open(directory / "config.json") as f:
-        return json.load(f)
+    return read_json(directory / "config.json")
 
 
 def read_tensors(directory: Path) -> dict[str, np.ndarray]:
@@ -128,9 +156,14 @@ def _weight_files(directory: Path) -> list[Path]:
     ):
         index = directory / index_name
         if index.is_file():
-            with open(index) as f:
-                shard_names = sorted(set(json.load(f)["weight_map"].values()))
-            return [directory / name for name in shard_names]
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise CheckpointFormatError(f"{index} has no weight_map of tensor names to file names; {_REFETCH}.")
+            shards = [directory / name for name in sorted(set(weight_map.values()))]
+            missing = [shard.name for shard in shards if not shard.is_file()]
+            if missing:
+                raise CheckpointNotFoundError(f"{index} names weight file(s) {missing} that are not in {directory}.")
+            return shards
         if (directory / single_name).is_file():
             return [directory / single_name]
     raise CheckpointNotFoundError(
@@ -140,19 +173,49 @@ def _weight_files(directory: Path) -> list[Path]:
 
 
 def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+    """The safetensors layout: an 8-byte little-endian header length, a JSON header mapping each tensor name to its
+    dtype, shape and [start, end) byte offsets into the data that follows."""
+
+    def damaged(why: str) -> CheckpointFormatError:
+        return CheckpointFormatError(f"{file} is not a readable safetensors file: {why}; {_REFETCH}.")
+
+    size = file.stat().st_size
+    if size < 8:
+        raise damaged(f"it has {size} bytes, too few for the 8-byte header length")
     with open(file, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
+        if header_len > size - 8:
+            raise damaged(f"its header length says {header_len} bytes but only {size - 8} follow (cut short, or not "
+                          "safetensors at all)")
+        raw_header = f.read(header_len)
+    try:
+        header = json.loads(raw_header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise damaged(f"its {header_len}-byte header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise damaged("its header is not a JSON object")
     header.pop("__metadata__", None)
-    data = np.memmap(file, dtype=np.uint8, mode="r", offset=8 + header_len)
+    data_len = size - 8 - header_len
+    data = np.memmap(file, dtype=np.uint8, mode="r", offset=8 + header_len) if data_len else np.empty(0, np.uint8)
     tensors = {}
     for name, info in header.items():
-        dtype_name = info["dtype"]
+        try:
+            dtype_name, shape, (start, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
+        except (TypeError, KeyError, ValueError) as exc:
+            raise damaged(f"the header entry of tensor {name!r} lacks a dtype, a shape or two data offsets") from exc
+        if not all(isinstance(v, int) and v >= 0 for v in (*shape, start, end)) or start > end:
+            raise damaged(f"tensor {name!r} has shape {shape} and data offsets [{start}, {end}), not non-negative "
+                          "integers in order")
         if dtype_name not in _SAFETENSORS_DTYPES:
             raise ValueError(f"Tensor {name!r} in {file} has dtype {dtype_name}, which orca-jax cannot read.")
-        start, end = info["data_offsets"]
         dtype = np.dtype(_SAFETENSORS_DTYPES[dtype_name])
-        tensors[name] = data[start:end].view(dtype).reshape(info["shape"])
+        if end > data_len:
+            raise damaged(f"tensor {name!r} ends at byte {end} of the data but the file holds only {data_len} bytes "
+                          "of data (cut short)")
+        if end - start != math.prod(shape) * dtype.itemsize:
+            raise damaged(f"tensor {name!r} ({dtype_name}, shape {tuple(shape)}) needs "
+                          f"{math.prod(shape) * dtype.itemsize} bytes but its data offsets span {end - start}")
+        tensors[name] = data[start:end].view(dtype).reshape(shape)
     return tensors
 
 
@@ -164,7 +227,10 @@ def _read_torch_bin(file: Path) -> Mapping[str, np.ndarray]:
             f"{file} is a legacy PyTorch pickle, which needs torch to read. Install torch (CPU build is enough), or "
             "convert the checkpoint to safetensors with save_pretrained(..., safe_serialization=True)."
         ) from exc
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise CheckpointFormatError(f"{file} is not a readable PyTorch checkpoint ({exc}); {_REFETCH}.") from exc
     return {
         name: t.float().numpy().astype(ml_dtypes.bfloat16) if t.dtype == torch.bfloat16 else t.numpy()
         for name, t in state.items()

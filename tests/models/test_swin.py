@@ -18,7 +18,7 @@ from safetensors.numpy import load_file, save_file
 
 from orca_jax.models import Swin, SwinConfig, from_pretrained, load_checkpoint
 from orca_jax.models.swin import WindowAttention, block_window, relative_position_index, stage_windows
-from orca_jax.parity import compare_with_transformers
+from orca_jax.parity import compare_with_transformers, worst
 from orca_jax.parity.swin import compare_models, reference_encode
 from orca_jax.weights import WeightConversionError
 
@@ -67,8 +67,7 @@ def encode(model, tokens, grid):
 
 def assert_parity(comparisons):
     assert comparisons, "nothing was compared"
-    worst = max(comparisons, key=lambda c: c.max_abs_diff)
-    assert worst.max_abs_diff <= TOLERANCE, [(c.name, c.max_abs_diff) for c in comparisons]
+    assert worst(comparisons).within(TOLERANCE), [(c.name, c.max_abs_diff) for c in comparisons]
 
 
 @pytest.fixture(scope="module")

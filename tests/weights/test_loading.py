@@ -10,7 +10,13 @@ from safetensors.numpy import load_file, save_file
 from safetensors.torch import save_file as save_torch_file
 
 from orca_jax.models import from_pretrained, load_checkpoint
-from orca_jax.weights import CheckpointNotFoundError, WeightConversionError, read_tensors, resolve_checkpoint
+from orca_jax.weights import (
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+    WeightConversionError,
+    read_tensors,
+    resolve_checkpoint,
+)
 from tests.text_checkpoints import save_tiny_text_model
 
 import jax.numpy as jnp
@@ -135,6 +141,74 @@ def test_bfloat16_safetensors_keep_their_dtype(tmp_path):
     np.testing.assert_array_equal(got.astype(np.float32), values.float().numpy())
 
 
+# ---- Damaged files: each error names the file and what is wrong with it ----------------------------------------
+
+def test_truncated_safetensors_is_named(tiny):
+    file = tiny / "model.safetensors"
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.raises(CheckpointFormatError, match=rf"{file}.*ends at byte \d+ of the data .*cut short"):
+        from_pretrained(tiny)
+
+
+def test_safetensors_cut_inside_its_header_or_garbage_is_named(tiny):
+    file = tiny / "model.safetensors"
+    content = file.read_bytes()
+    file.write_bytes(content[:100])
+    with pytest.raises(CheckpointFormatError, match=rf"{file}.*header length says \d+ bytes but only 92 follow"):
+        from_pretrained(tiny)
+    file.write_bytes(np.random.default_rng(0).bytes(5000))  # e.g. an HTML error page saved under the name
+    with pytest.raises(CheckpointFormatError, match=rf"{file} is not a readable safetensors file"):
+        from_pretrained(tiny)
+    file.write_bytes(b"\x05\x00\x00")
+    with pytest.raises(CheckpointFormatError, match="3 bytes, too few"):
+        from_pretrained(tiny)
+    header_len = int.from_bytes(content[:8], "little")
+    file.write_bytes(content[:8] + b"{" * header_len + content[8 + header_len :])
+    with pytest.raises(CheckpointFormatError, match=rf"its {header_len}-byte header is not JSON"):
+        from_pretrained(tiny)
+
+
+def test_safetensors_header_that_disagrees_with_its_data_is_named(tiny):
+    file = tiny / "model.safetensors"
+    content = file.read_bytes()
+    header_len = int.from_bytes(content[:8], "little")
+    header = json.loads(content[8 : 8 + header_len])
+    header["pooler.dense.bias"]["shape"] = [33]  # 32 floats in the file
+    raw = json.dumps(header).encode()
+    file.write_bytes(len(raw).to_bytes(8, "little") + raw + content[8 + header_len :])
+    message = r"'pooler\.dense\.bias' \(F32, shape \(33,\)\) needs 132 bytes but its data offsets span 128"
+    with pytest.raises(CheckpointFormatError, match=message):
+        from_pretrained(tiny)
+
+
+def test_cut_short_or_invalid_config_is_named(tiny):
+    config_file = tiny / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps(config)[:60])
+    with pytest.raises(CheckpointFormatError, match=rf"{config_file} is not valid JSON .*column \d+.*cut short"):
+        from_pretrained(tiny)
+    config_file.write_text("[1, 2]")
+    with pytest.raises(CheckpointFormatError, match=r"holds a JSON list, not an object"):
+        from_pretrained(tiny)
+    config_file.write_text(json.dumps({**config, "hidden_size": "32", "num_hidden_layers": None}))
+    with pytest.raises(ValueError, match=rf"{config_file}: the config does not describe a TextEncoderConfig: "
+                                         "hidden_size='32' is not of type int; num_hidden_layers is missing"):
+        from_pretrained(tiny)
+
+
+def test_broken_shard_index_and_legacy_bin_are_named(tmp_path, tiny):
+    (tiny / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model-00001-of-00002.safetensors"}')
+    with pytest.raises(CheckpointFormatError, match=r"model\.safetensors\.index\.json is not valid JSON"):
+        read_tensors(tiny)
+    (tiny / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model-00001-of-00002.safetensors"}}')
+    with pytest.raises(CheckpointNotFoundError, match=r"\['model-00001-of-00002\.safetensors'\] that are not in"):
+        read_tensors(tiny)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "pytorch_model.bin").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointFormatError, match=r"pytorch_model\.bin is not a readable PyTorch checkpoint"):
+        read_tensors(tmp_path / "bin")
+
+
 def test_directory_without_config_or_weights(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="has no config.json"):
         resolve_checkpoint(tmp_path)
@@ -162,6 +236,27 @@ def test_verify_weights_script_passes_and_fails_on_tolerance(tiny, capsys):
     assert "PASS" in capsys.readouterr().out
     assert main([str(tiny), "--tolerance", "0"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_non_finite_differences_fail():
+    from orca_jax.parity import Comparison, worst
+
+    comparisons = [Comparison("a", 1e-6), Comparison("b", float("nan")), Comparison("c", 3e-5), Comparison("d", np.inf)]
+    assert [c.within(1e-4) for c in comparisons] == [True, False, True, False]
+    assert worst(comparisons).name == "b"
+    assert worst(comparisons[2:]).name == "d" and worst(comparisons[:1] + comparisons[2:3]).name == "c"
+
+
+def test_verify_weights_script_fails_on_nan_weights(tiny, capsys):
+    from scripts.verify_weights import main
+
+    _edit(tiny, lambda t: t["encoder.layer.1.output.dense.weight"].__setitem__((0, 0), np.nan))
+    assert main([str(tiny)]) == 1
+    *lines, verdict = capsys.readouterr().out.splitlines()
+    flags = {line.split("max|diff|")[0].strip(): line.split(" = ")[1] for line in lines}
+    assert flags["input_ids/layer 1"].endswith("  ok")  # before the NaN
+    assert flags["input_ids/layer 2"] == "nan  FAIL (not finite)"
+    assert verdict == "FAIL: 6 of 12 comparisons fail; worst input_ids, no mask/layer 2 nan vs tolerance 0.0001"
 
 
 def test_parameters_are_cast_to_the_param_dtype_not_the_compute_dtype(tiny):
