@@ -6,11 +6,13 @@ error. Re-running with the same workdir resumes what a previous, interrupted run
 
 import json
 import logging
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from orca_jax.config_checks import ConfigError, check_config
 from orca_jax.parallel import initialize_distributed
 from orca_jax.pipeline import run
 
@@ -25,7 +27,12 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("orca_jax").setLevel(logging.INFO)
     initialize_distributed()
-    summary = run(_CONFIG.value, _WORKDIR.value)
+    try:
+        check_config(_CONFIG.value)  # every mistake at once, before the workdir or any model is touched
+        summary = run(_CONFIG.value, _WORKDIR.value)
+    except ConfigError as error:
+        print(error, file=sys.stderr)  # the lines name the fields; a traceback would only bury them
+        sys.exit(2)
     print(json.dumps(summary, indent=2))
 
 
