@@ -9,9 +9,14 @@ silently fall back to a default.
 import importlib.util
 import os
 
+import jax.numpy as jnp
 from ml_collections import ConfigDict
 
 from orca_jax.parallel.sharding import DEFAULT_RULES, MIN_SHARD_BYTES
+
+
+# body.param_dtype / body.dtype names.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def base_config() -> ConfigDict:
@@ -32,9 +37,12 @@ def base_config() -> ConfigDict:
     )
     # Input pipelines (orca_jax/data/loader.py): batches read ahead on `threads` threads, or in `workers` processes.
     c.data = ConfigDict(dict(threads=2, prefetch=4, workers=0))
-    # checkpoint: a hub id or a snapshot directory; dtype: float32 or bfloat16 parameters; dropout: the body's hidden
-    # and attention dropout (the official drop_out; 0 in the NAS-Bench-360 and PDE configs), < 0 keeps the checkpoint's.
-    c.body = ConfigDict(dict(checkpoint="roberta-base", dtype="float32", dropout=-1.0))
+    # checkpoint: a hub id or a snapshot directory. param_dtype: how parameters and optimizer state are stored (keep
+    # float32: at ORCA's learning rates bfloat16 rounds updates away); dtype: the compute dtype of matmuls and
+    # convolutions (bfloat16 for speed on accelerators; softmax and layer-norm statistics stay float32). dropout: the
+    # body's hidden and attention dropout (the official drop_out; 0 in the NAS-Bench-360 and PDE configs), < 0 keeps
+    # the checkpoint's.
+    c.body = ConfigDict(dict(checkpoint="roberta-base", param_dtype="float32", dtype="float32", dropout=-1.0))
     # target_seq_len: most tokens a 1D input becomes (official default 512); antialias: 2D resize (see embedders).
     c.embedder = ConfigDict(dict(target_seq_len=512, antialias=False))
     # name: python_docs (offline) or conll2003 for text bodies, cifar10 or digits (offline) for Swin.
@@ -51,6 +59,9 @@ def base_config() -> ConfigDict:
             milestones=(20, 40, 60),
             gamma=0.2,
             checkpoint_every=10,
+            # Classes embedded at a time (their activations are recomputed in the backward pass), bounding the
+            # step's memory by a chunk instead of all classes x samples; 0 = all at once.
+            chunk_classes=16,
         )
     )
     c.optimizer = ConfigDict(

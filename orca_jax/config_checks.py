@@ -28,20 +28,22 @@ import jax
 from jax.sharding import AbstractMesh
 from ml_collections import ConfigDict
 
+from orca_jax.config import DTYPES
 from orca_jax.data.kinds import CLASS_WEIGHTINGS, TASK_KINDS
 from orca_jax.data.sources import SOURCES
-from orca_jax.data.tasks import TASK_LOADERS, _scheme_loader
+from orca_jax.data.tasks import TASK_LOADERS, scheme_loader
 from orca_jax.models.pretrained import ARCHITECTURES
 from orca_jax.models.swin import Swin
 from orca_jax.ot.sinkhorn import SOLVERS
 from orca_jax.parallel.mesh import mesh_axes
-from orca_jax.parallel.sharding import _check_rules
+from orca_jax.parallel.sharding import check_rules
 from orca_jax.train.align import OBJECTIVES
 from orca_jax.train.finetune import FINETUNE_MODES
 from orca_jax.train.losses import LOSSES
 from orca_jax.train.metrics import METRICS
 from orca_jax.train.objective import NORMALIZATIONS
 from orca_jax.train.optimizers import OPTIMIZERS
+from orca_jax.train.refine import REFINE_SELECTIONS
 from orca_jax.weights.checkpoint_files import (
     CheckpointFormatError,
     CheckpointNotFoundError,
@@ -50,7 +52,6 @@ from orca_jax.weights.checkpoint_files import (
 )
 
 # refine.py tests `select == "best"` and treats anything else as "last"; it has no registry of its own to import.
-REFINE_SELECTIONS = ("best", "last")
 
 
 class ConfigError(ValueError):
@@ -173,13 +174,13 @@ def _check_task(c: _Checker) -> None:
     name = c.value("task.name")
     known = f"a registered task ({', '.join(sorted(TASK_LOADERS))}), npz:PATH or tfds:NAME"
     try:
-        scheme_loader = _scheme_loader(name) if isinstance(name, str) else None
+        loader = scheme_loader(name) if isinstance(name, str) else None
     except ValueError as error:  # an unknown scheme; the message names the known ones
         c.fail("task.name", f"{error}".rstrip("."))
     else:
-        if scheme_loader is None and name not in TASK_LOADERS:
+        if loader is None and name not in TASK_LOADERS:
             c.fail("task.name", f"unknown; {_did_you_mean(name, TASK_LOADERS)}use {known}")
-        elif scheme_loader is not None and not name.partition(":")[2]:
+        elif loader is not None and not name.partition(":")[2]:
             c.fail("task.name", "names no data after the colon; e.g. npz:data.npz or tfds:mnist")
     c.choice("task.kind", TASK_KINDS, empty="the task's own kind")
     c.number("task.val_fraction", "(0, 1)", "set the share of training examples held out for validation, e.g. 0.1")
@@ -229,11 +230,9 @@ def _body_modality(c: _Checker) -> str | None:
 
 
 def _check_body(c: _Checker, align: bool) -> None:
-    # pipeline owns the dtype names and will import this module itself, so its registry is read at call time.
-    from orca_jax.pipeline import _DTYPES
-
     modality = _body_modality(c)
-    c.choice("body.dtype", _DTYPES)
+    c.choice("body.param_dtype", DTYPES)
+    c.choice("body.dtype", DTYPES)
     dropout = c.value("body.dropout")
     keeps_checkpoints = isinstance(dropout, numbers.Real) and not isinstance(dropout, bool) and dropout < 0
     if not keeps_checkpoints:
@@ -279,6 +278,7 @@ def _check_align(c: _Checker) -> None:
                                    "for a constant rate")
     c.number("align.gamma", "(0, 1]", "set the factor applied at each milestone (official 0.2)")
     c.integer("align.checkpoint_every", 1, "set the epochs between checkpoints, e.g. 10")
+    c.integer("align.chunk_classes", 0, "set the classes embedded at a time, or 0 for all at once")
 
 
 def _check_refine(c: _Checker) -> None:
@@ -306,7 +306,7 @@ def _check_mesh(c: _Checker, devices: int) -> None:
     rules = c.value("mesh.rules")
     if sizes is not None:
         try:
-            _check_rules(rules, AbstractMesh(sizes, ("data", "fsdp")))
+            check_rules(rules, AbstractMesh(sizes, ("data", "fsdp")))
         except (ValueError, TypeError, re.error) as error:
             c.fail("mesh.rules", f"{error}".rstrip(".") + "; the rule forms are in orca_jax/parallel/sharding.py")
     c.integer("mesh.min_shard_bytes", 0, "set the size below which 'fsdp' keeps a tensor replicated (default 1 MiB)")

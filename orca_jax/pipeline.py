@@ -5,15 +5,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
-from pathlib import Path
+import math
 
-import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 from ml_collections import ConfigDict
 
+from orca_jax.config import DTYPES
+from orca_jax.config_checks import check_config
 from orca_jax.data.source_features import load_or_compute
 from orca_jax.data.kinds import get_task_kind
 from orca_jax.data.tasks import Task, check_task, load_task
@@ -23,23 +26,19 @@ from orca_jax.models.heads import ClassificationHead, ImageDenseHead, SequenceDe
 from orca_jax.models.orca import OrcaModel
 from orca_jax.models.swin import Swin
 from orca_jax.ot import pseudo_labels
-from orca_jax.parallel import make_mesh
+from orca_jax.parallel import PreemptionGuard, make_mesh
 from orca_jax.train.align import run_align
 from orca_jax.train.objective import TaskObjective, make_objective
 from orca_jax.train.refine import run_refine
+from orca_jax.workdir import RunLock, claim, disk_full, free_space, write_file
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
 def build_model(config: ConfigDict, task: Task, objective: TaskObjective) -> OrcaModel:
     """The pretrained body wrapped with the embedder for the task's input layout and the head of its kind."""
-    if config.body.dtype not in _DTYPES:
-        raise ValueError(f"body.dtype={config.body.dtype!r}; use one of {sorted(_DTYPES)}.")
-    dtype = _DTYPES[config.body.dtype]
+    param_dtype, dtype = DTYPES[config.body.param_dtype], DTYPES[config.body.dtype]
     dropout = config.body.dropout if config.body.dropout >= 0 else None
-    body = from_pretrained(config.body.checkpoint, dtype=dtype, dropout=dropout)
+    body = from_pretrained(config.body.checkpoint, param_dtype=param_dtype, dtype=dtype, dropout=dropout)
     rngs = nnx.Rngs(config.seed)
     init_from_body = config.align.epochs > 0  # the official no-alignment ablation initialises the embedder anew
     if isinstance(body, Swin):
@@ -58,16 +57,19 @@ def build_model(config: ConfigDict, task: Task, objective: TaskObjective) -> Orc
             rngs=rngs,
         )
         width = body.config.hidden_size
-    return OrcaModel(embedder, body, build_head(task, objective, body, embedder, width, dtype, rngs))
+    head = build_head(task, objective, body, embedder, width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+    return OrcaModel(embedder, body, head)
 
 
-def build_head(task: Task, objective: TaskObjective, body, embedder, width: int, dtype, rngs: nnx.Rngs) -> nnx.Module:
+def build_head(
+    task: Task, objective: TaskObjective, body, embedder, width: int, *, param_dtype, dtype, rngs: nnx.Rngs
+) -> nnx.Module:
     """The kind's head: linear for classes, labels and values; the official dense heads for per-position targets
     (their last target axis, when there is one, is the channel axis)."""
     kind, shape = objective.kind, task.target_shape
     if kind.head == "linear":
         outputs = objective.num_outputs if kind.targets == "values" else task.num_classes
-        return ClassificationHead(width, outputs, dtype=dtype, rngs=rngs)
+        return ClassificationHead(width, outputs, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
     if kind.head == "dense_1d":
         return SequenceDenseHead(shape[1] if len(shape) == 2 else 1, embedder.stride)
     return ImageDenseHead.from_body(body, out_channels=shape[2] if len(shape) == 3 else 1, output_size=shape[:2],
@@ -91,15 +93,35 @@ def load_configured_task(config: ConfigDict) -> Task:
     )
 
 
-def run(config: ConfigDict, workdir: str | Path, task: Task | None = None) -> dict:
+class DiskFullError(OSError):
+    """The workdir's file system ran out of space: said once, plainly, instead of a wall of write errors."""
+
+
+def run(config: ConfigDict, workdir: str | epath.PathLike, task: Task | None = None, *, restart: bool = False) -> dict:
     """Runs the configured stages in `workdir` (resuming what is there) and returns the summary it also saves.
 
     `task`: data given from Python (e.g. `orca_jax.data.task_from_arrays(x, y, kind=...)`) instead of
-    `config.task.name`; the config's loss options still apply.
+    `config.task.name`; the config's loss options still apply. The workdir is locked for the run, and resumed only
+    by the same experiment (`orca_jax.workdir`); `restart=True` deletes a previous run's outputs first.
     """
-    workdir = Path(workdir)
+    check_config(config)  # every mistake at once, before the workdir, the data or the model is touched
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    with RunLock(workdir):
+        try:
+            return _run(config, workdir, task, restart)
+        except Exception as error:
+            if disk_full(error):
+                raise DiskFullError(
+                    errno.ENOSPC,
+                    f"The disk holding {workdir} is full ({free_space(workdir)}). Free some space and rerun the same "
+                    "command: the run resumes from its last checkpoint.",
+                ) from error
+            raise
+
+
+def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bool) -> dict:
+    claim(workdir, config, restart=restart)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
     if task is None:
         task = load_configured_task(config)
@@ -108,47 +130,68 @@ def run(config: ConfigDict, workdir: str | Path, task: Task | None = None) -> di
     objective = make_objective(task, config.task)
     model = build_model(config, task, objective)
     summary: dict = {"task": task.name, "kind": task.kind, "body": str(config.body.checkpoint)}
-    if config.align.epochs > 0:
-        source = load_or_compute(
-            config.body.checkpoint, config.source.name, size=config.source.size, seed=config.source.seed,
-            cache_dir=config.source.cache_dir or None, data_dir=config.source.data_dir or None, body=model.body,
-        )
-        distinct = len(np.unique(source.features, axis=0))
-        if distinct < 2:
-            raise ValueError(
-                f"The {len(source.features)} source features in {source.path} are all identical, so no distance to them "
-                "can guide the embedder: the body's tokenizer probably does not fit its vocabulary (unknown tokens "
-                "everywhere), or the body is degenerate. Check the checkpoint's tokenizer files, then delete the cached "
-                "features."
+    # One preemption guard for both stages, whose step numbers continue from one to the next (align epochs, then
+    # refine steps), as a multi-process stop agreement needs.
+    with PreemptionGuard() as preemption:
+        if config.align.epochs > 0:
+            source = load_source_features(config, model)
+            result = run_align(
+                model, task.train.x, align_labels(task, config.seed), (source.features, source.labels), config.align,
+                config.optimizer, batch_size=config.batch_size, mesh=mesh, workdir=workdir, seed=config.seed,
+                data=config.data, mesh_config=config.mesh, preemption=preemption,
             )
-        width = model.embedder.norm.scale.shape[0]
-        if source.features.shape[1] != width:
-            raise ValueError(
-                f"Source features {source.path} have width {source.features.shape[1]} but the embedder's tokens have "
-                f"{width}: they were computed for another body."
-            )
-        result = run_align(
-            model, task.train.x, align_labels(task, config.seed), (source.features, source.labels), config.align,
-            config.optimizer,
-            batch_size=config.batch_size, mesh=mesh, workdir=workdir, seed=config.seed, data=config.data,
-        )
-        summary["align"] = {
-            "objective": config.align.objective,
-            "distance_before": result.distance_before,
-            "distance_after": result.distance_after,
-            "seconds": result.seconds,
-        }
-    if config.refine.epochs > 0:
-        result = run_refine(model, task, objective, config, mesh=mesh, workdir=workdir)
-        summary["refine"] = {
-            "metric": result.metric,
-            "selected": config.refine.select,
-            "best_epoch": result.best_epoch,
-            f"best_val_{result.metric}": result.best_val,
-            f"test_{result.metric}": result.test,
-            "seconds": result.seconds,
-        }
-        if result.notes:
-            summary["refine"]["notes"] = result.notes
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+            summary["align"] = {
+                "objective": config.align.objective,
+                "distance_before": result.distance_before,
+                "distance_after": result.distance_after,
+                "seconds": result.seconds,
+            }
+        if config.refine.epochs > 0:
+            result = run_refine(model, task, objective, config, mesh=mesh, workdir=workdir, preemption=preemption,
+                                step_offset=max(config.align.epochs, 0))
+            summary["refine"] = {
+                "metric": result.metric,
+                "selected": config.refine.select,
+                "best_epoch": result.best_epoch,
+                f"best_val_{result.metric}": result.best_val,
+                f"test_{result.metric}": result.test,
+                "seconds": result.seconds,
+            }
+            if result.notes:
+                summary["refine"]["notes"] = result.notes
+    summary = strict_json(summary)
+    write_file(workdir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     return summary
+
+
+def load_source_features(config: ConfigDict, model: OrcaModel):
+    """The body's source features (computed once, then cached), checked to be usable by the align stage."""
+    source = load_or_compute(
+        config.body.checkpoint, config.source.name, size=config.source.size, seed=config.source.seed,
+        cache_dir=config.source.cache_dir or None, data_dir=config.source.data_dir or None, body=model.body,
+    )
+    if len(np.unique(source.features, axis=0)) < 2:
+        raise ValueError(
+            f"The {len(source.features)} source features in {source.path} are all identical, so no distance to them "
+            "can guide the embedder: the body's tokenizer probably does not fit its vocabulary (unknown tokens "
+            "everywhere), or the body is degenerate. Check the checkpoint's tokenizer files, then delete the cached "
+            "features."
+        )
+    width = model.embedder.norm.scale.shape[0]
+    if source.features.shape[1] != width:
+        raise ValueError(
+            f"Source features {source.path} have width {source.features.shape[1]} but the embedder's tokens have "
+            f"{width}: they were computed for another body."
+        )
+    return source
+
+
+def strict_json(value):
+    """`value` with every non-finite float replaced by None: summaries stay strict JSON that any reader parses."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -12,7 +12,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from orca_jax.config_checks import ConfigError, check_config
+from orca_jax.config_checks import ConfigError
 from orca_jax.parallel import initialize_distributed
 from orca_jax.pipeline import run
 
@@ -28,7 +28,6 @@ def main(argv):
     logging.getLogger("orca_jax").setLevel(logging.INFO)
     initialize_distributed()
     try:
-        check_config(_CONFIG.value)  # every mistake at once, before the workdir or any model is touched
         summary = run(_CONFIG.value, _WORKDIR.value)
     except ConfigError as error:
         print(error, file=sys.stderr)  # the lines name the fields; a traceback would only bury them

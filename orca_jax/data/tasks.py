@@ -187,7 +187,7 @@ def _digits(data_dir: str | None = None) -> TaskData:
 TASK_LOADERS: dict[str, Callable[..., TaskData]] = {"mnist1d": _mnist1d, "digits": _digits}
 
 
-def _scheme_loader(name: str) -> Callable[..., TaskData] | None:
+def scheme_loader(name: str) -> Callable[..., TaskData] | None:
     scheme, sep, _ = name.partition(":")
     if not sep:
         return None
@@ -222,7 +222,7 @@ def load_task(
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"task.val_fraction={val_fraction} must be strictly between 0 and 1 (e.g. 0.1).")
-    loader = _scheme_loader(name)
+    loader = scheme_loader(name)
     if loader is not None:
         data = loader(name.partition(":")[2], data_dir=data_dir)
     elif name in TASK_LOADERS:

@@ -1,7 +1,13 @@
 """Distributed start-up, the device mesh, where parameters live on it, and placing host data on it."""
 
 from orca_jax.parallel.mesh import batch_from_process_rows, global_batch, make_mesh, process_rows, replicated
-from orca_jax.parallel.multihost import PreemptionGuard, initialize_distributed, is_main_process
+from orca_jax.parallel.multihost import (
+    PREEMPTED_EXIT_CODE,
+    Preempted,
+    PreemptionGuard,
+    initialize_distributed,
+    is_main_process,
+)
 from orca_jax.parallel.sharding import (
     DEFAULT_RULES,
     MIN_SHARD_BYTES,
@@ -16,6 +22,8 @@ from orca_jax.parallel.sharding import (
 __all__ = [
     "DEFAULT_RULES",
     "MIN_SHARD_BYTES",
+    "PREEMPTED_EXIT_CODE",
+    "Preempted",
     "PreemptionGuard",
     "batch_from_process_rows",
     "bytes_per_device",

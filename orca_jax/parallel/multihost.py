@@ -85,6 +85,19 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving a checkpoint; rerun the same command
+
+
+class Preempted(SystemExit):
+    """A stage saved a checkpoint after a preemption notice and stopped: the process exits with
+    `PREEMPTED_EXIT_CODE`, which schedulers can treat as "requeue"."""
+
+    def __init__(self, message: str):
+        log.warning("%s", message)
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.message = message
+
+
 class PreemptionGuard:
     """Turns SIGTERM, delivered to any process, into a stop at one step boundary that every process agrees on.
 

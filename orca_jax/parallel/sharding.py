@@ -82,7 +82,7 @@ def _axes(entry) -> tuple[str, ...]:
     return () if entry is None else (entry,) if isinstance(entry, str) else entry
 
 
-def _check_rules(rules, mesh: Mesh) -> list[tuple[re.Pattern, Any]]:
+def check_rules(rules, mesh: Mesh) -> list[tuple[re.Pattern, Any]]:
     checked = []
     for item in rules:
         if isinstance(item, str) or not isinstance(item, Sequence) or len(item) != 2 or not isinstance(item[0], str):
@@ -138,7 +138,7 @@ def _explicit_spec(name: str, shape: tuple[int, ...], rule: tuple, mesh: Mesh) -
 def param_shardings(params, mesh: Mesh, rules=DEFAULT_RULES, *, min_shard_bytes: int = MIN_SHARD_BYTES):
     """NamedShardings for `params` (arrays, or `jax.ShapeDtypeStruct`s from `eval_shape`; an `nnx.State`, an nnx
     module or any pytree) by the module docstring's rules: the same pytree structure, a sharding per array."""
-    checked = _check_rules(rules, mesh)
+    checked = check_rules(rules, mesh)
 
     def sharding(keypath, leaf):
         name, shape = path_name(keypath), tuple(leaf.shape)

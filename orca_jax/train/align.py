@@ -19,25 +19,35 @@ filter: a mask, not a copy), and only the embedder part is differentiated and up
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from orca_jax.data.loader import iterate
 from orca_jax.ot import MMDLoss, OTDDLoss
-from orca_jax.parallel import global_batch, replicated
+from orca_jax.parallel import (
+    Preempted,
+    PreemptionGuard,
+    global_batch,
+    init_optimizer,
+    is_main_process,
+    param_shardings,
+    place,
+    replicated,
+)
+from orca_jax.train.checkpoints import StageCheckpoints, load_tree, save_tree
 from orca_jax.train.run_log import RunLog
+from orca_jax.workdir import write_file
 from orca_jax.train.optimizers import align_learning_rate, make_optimizer, step_decay_schedule
 
 log = logging.getLogger(__name__)
@@ -129,14 +139,32 @@ def objective_value(objective, features, mask, weights, key) -> jax.Array:
     return objective.value(features, mask, weights)
 
 
-def make_align_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation) -> Callable:
-    """One align epoch's update as a pure function: (embedder, rest, opt_state, objective, x, mask, weights, key)."""
+def make_align_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, chunk_classes: int = 0):
+    """(step, distance), jitted: one align epoch's update as a pure function of (embedder, rest, opt_state,
+    objective, x, mask, weights, key), and the distance alone.
 
-    def distance(embedder, rest, objective, x, mask, weights, key):
+    With `chunk_classes > 0`, the classes are embedded `chunk_classes` at a time (`lax.map` over chunks, each
+    rematerialised in the backward pass), so a step's memory is bounded by one chunk of examples and their
+    activations instead of all classes x samples (CIFAR-100 at 224x224: tens of GB otherwise). The result is the
+    unchunked one up to summation order.
+    """
+
+    def class_features(embedder, rest, x):
         model = nnx.merge(graphdef, embedder, rest)
         classes, width = x.shape[:2]
-        features = model.features(x.reshape(classes * width, *x.shape[2:]))
-        return objective_value(objective, features.reshape(classes, width, -1), mask, weights, key)
+        return model.features(x.reshape(classes * width, *x.shape[2:])).reshape(classes, width, -1)
+
+    def distance(embedder, rest, objective, x, mask, weights, key):
+        classes = x.shape[0]
+        if 0 < chunk_classes < classes:
+            chunks = -(-classes // chunk_classes)
+            padded = jnp.concatenate([x, jnp.repeat(x[:1], chunks * chunk_classes - classes, axis=0)])
+            per_chunk = jax.checkpoint(lambda xc: class_features(embedder, rest, xc))
+            features = jax.lax.map(per_chunk, padded.reshape(chunks, chunk_classes, *x.shape[1:]))
+            features = features.reshape(chunks * chunk_classes, *features.shape[2:])[:classes]
+        else:
+            features = class_features(embedder, rest, x)
+        return objective_value(objective, features, mask, weights, key)
 
     def step(embedder, rest, opt_state, objective, x, mask, weights, key):
         value, grads = jax.value_and_grad(distance)(embedder, rest, objective, x, mask, weights, key)
@@ -164,19 +192,22 @@ def run_align(
     *,
     batch_size: int,
     mesh: Mesh,
-    workdir: Path,
+    workdir: epath.PathLike,
     seed: int = 0,
     data=None,
+    mesh_config=None,
+    preemption: PreemptionGuard | None = None,
 ) -> AlignResult:
     """Aligns `model.embedder` in place, resuming from `workdir/align` if a previous run was interrupted.
 
     `config` is the config's `align` section, `optimizer_config` the fine-tuning optimizer (its family, and 10x its
     learning rate, are the embedder's) and `batch_size` the task's (it sets how many examples a class draws); `data`
-    the config's input-pipeline section (threads, prefetch, workers; None: defaults). Writes
-    `align_metrics.jsonl` and TensorBoard scalars as it goes, then `align_distance.png`, `align_summary.json` and the
-    aligned embedder (`aligned_embedder/`) into `workdir`.
+    the config's input-pipeline section and `mesh_config` its mesh section (sharding rules; None: defaults).
+    `preemption` (default: a guard of its own) stops the stage at an epoch boundary after SIGTERM, with a
+    checkpoint; its step numbers are the epochs. Writes `align_metrics.jsonl` and TensorBoard scalars as it goes, then
+    `align_distance.png`, `align_summary.json` and the aligned embedder (`aligned_embedder/`) into `workdir`.
     """
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     devices = mesh.shape["data"] * mesh.shape["fsdp"]
     sampler = ClassSampler.build(train_labels, config.maxsamples, batch_size, multiple_of=devices)
     objective = build_objective(config.objective, *source, solver=config.solver, epsilon=config.epsilon)
@@ -190,14 +221,15 @@ def run_align(
         opt.name, schedule, weight_decay=opt.weight_decay, momentum=opt.momentum, betas=(opt.b1, opt.b2), eps=opt.eps
     )
     graphdef, embedder, rest = nnx.split(model, EMBEDDER, ...)
+    rules = dict(rules=mesh_config.rules, min_shard_bytes=mesh_config.min_shard_bytes) if mesh_config else {}
+    shardings = param_shardings(embedder, mesh, **rules)
+    # The step donates the embedder's buffers: train on a copy, so the model stays intact if the run stops early.
+    embedder, rest = place(embedder, shardings), place(rest, param_shardings(rest, mesh, **rules))
     rep = replicated(mesh)
-    # The step donates the embedder's buffers: train on copies, so the model stays intact if the run stops early.
-    embedder, rest = jax.device_put((jax.tree.map(jnp.copy, embedder), rest), rep)
     objective = jax.device_put(objective, rep)
-    opt_state = jax.jit(optimizer.init, out_shardings=rep)(embedder)
-    step, distance = make_align_step(graphdef, optimizer)
+    opt_state, _ = init_optimizer(optimizer, embedder, shardings)
+    step, distance = make_align_step(graphdef, optimizer, config.chunk_classes)
     weights = jax.device_put(sampler.weights, rep)
-
     samples = ClassSamples(sampler, train_x, config.epochs, seed)
 
     def on_mesh(sample):
@@ -205,74 +237,60 @@ def run_align(
 
     fixed_x, fixed_mask = on_mesh(samples.draw(np.random.default_rng([seed, 2**31 - 1])))
     key = jax.random.key(seed)
-    manager = ocp.CheckpointManager(
-        (workdir / "align").absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-    )
-    history, start, before, data_state = [], 0, None, None
-    if manager.latest_step() is not None:
-        start = manager.latest_step()
-        target = {"embedder": embedder, "opt_state": opt_state}
-        restored = manager.restore(
-            start,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, target)),
-                history=ocp.args.JsonRestore(),
-            ),
-        )
-        embedder, opt_state = restored.state["embedder"], restored.state["opt_state"]
-        history, before = restored.history["history"], restored.history["distance_before"]
-        data_state = restored.history["data"]
+    checkpoints = StageCheckpoints(workdir / "align")
+    start, position = 0, {"history": [], "distance_before": None, "data": None}
+    restored = checkpoints.restore({"embedder": embedder, "opt_state": opt_state})
+    if restored is not None:
+        start, state, position = restored
+        embedder, opt_state = state["embedder"], state["opt_state"]
         log.info("align: resumed after epoch %d from %s", start, workdir / "align")
-    if before is None:
-        before = float(distance(embedder, rest, objective, fixed_x, fixed_mask, weights, key))
+    history = position["history"]
+    if position["distance_before"] is None:
+        position["distance_before"] = float(distance(embedder, rest, objective, fixed_x, fixed_mask, weights, key))
     t0 = time.perf_counter()
     run_log = RunLog(workdir, "align")
     threads, prefetch = (data.threads, data.prefetch) if data is not None else (1, 2)
-    inputs = iterate(samples, state=data_state, threads=threads, prefetch=prefetch)
-    bar = tqdm(range(start, config.epochs), desc="align", unit="epoch", initial=start, total=config.epochs)
-    for epoch in bar:
-        x, mask = on_mesh(next(inputs))
-        lr = float(schedule(epoch))
-        embedder, opt_state, value = step(
-            embedder, rest, opt_state, objective, x, mask, weights, jax.random.fold_in(key, epoch)
-        )
-        if not np.isfinite(float(value)):
-            manager.wait_until_finished()
-            raise FloatingPointError(
-                f"align: the distance is {float(value)} at epoch {epoch + 1}; stopped without saving (the last good "
-                f"checkpoint, epoch {manager.latest_step()}, is kept). Lower optimizer.learning_rate or "
-                "align.lr_multiplier, or check the inputs."
+    inputs = iterate(samples, state=position["data"], threads=threads, prefetch=prefetch)
+    bar = tqdm(range(start, config.epochs), desc="align", unit="epoch", initial=start, total=config.epochs,
+               disable=not is_main_process())
+    with preemption or PreemptionGuard() as guard:
+        for epoch in bar:
+            x, mask = on_mesh(next(inputs))
+            lr = float(schedule(epoch))
+            embedder, opt_state, value = step(
+                embedder, rest, opt_state, objective, x, mask, weights, jax.random.fold_in(key, epoch)
             )
-        record = {"epoch": epoch + 1, "distance": float(value), "lr": lr, "seconds": time.perf_counter() - t0}
-        history.append(record)
-        run_log.write(history)
-        bar.set_postfix(distance=f"{record['distance']:.4g}")
-        if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
-            manager.save(
-                epoch + 1,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave({"embedder": embedder, "opt_state": opt_state}),
-                    history=ocp.args.JsonSave(
-                        {"history": history, "distance_before": before, "data": inputs.get_state()}
-                    ),
-                ),
-            )
-    manager.wait_until_finished()
+            if not np.isfinite(float(value)):
+                checkpoints.wait()
+                raise FloatingPointError(
+                    f"align: the distance is {float(value)} at epoch {epoch + 1}; stopped without saving (the last "
+                    f"good checkpoint, epoch {checkpoints.latest_step()}, is kept). Lower optimizer.learning_rate or "
+                    "align.lr_multiplier, or check the inputs."
+                )
+            history.append({"epoch": epoch + 1, "distance": float(value), "lr": lr,
+                            "seconds": time.perf_counter() - t0})
+            run_log.write(history)
+            bar.set_postfix(distance=f"{history[-1]['distance']:.4g}")
+            stop = guard.should_stop(epoch)
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or stop:
+                position["data"] = inputs.get_state()
+                checkpoints.save(epoch + 1, {"embedder": embedder, "opt_state": opt_state}, position)
+            if stop and epoch + 1 < config.epochs:
+                checkpoints.wait()
+                raise Preempted(f"align stopped by SIGTERM after epoch {epoch + 1}; rerun the same command to resume")
+    checkpoints.wait()
     run_log.close()
     seconds = time.perf_counter() - t0
     after = float(distance(embedder, rest, objective, fixed_x, fixed_mask, weights, key))
     nnx.update(model, embedder)
-    result = AlignResult(before, after, history, seconds)
+    result = AlignResult(position["distance_before"], after, history, seconds)
     write_align_outputs(model, result, workdir, config)
     return result
 
 
-def write_align_outputs(model: nnx.Module, result: AlignResult, workdir: Path, config) -> None:
+def write_align_outputs(model: nnx.Module, result: AlignResult, workdir: epath.Path, config) -> None:
     """The aligned embedder on its own (so refine can start from it or be re-run), a summary and a PNG curve."""
-    checkpointer = ocp.StandardCheckpointer()
-    target = (workdir / "aligned_embedder").absolute()
-    checkpointer.save(target, nnx.state(model.embedder, nnx.Param), force=True)
-    checkpointer.wait_until_finished()
+    save_tree(workdir / "aligned_embedder", nnx.state(model.embedder, nnx.Param))
     summary = {
         "objective": config.objective,
         "solver": config.solver,
@@ -281,11 +299,14 @@ def write_align_outputs(model: nnx.Module, result: AlignResult, workdir: Path, c
         "distance_after": result.distance_after,
         "seconds": result.seconds,
     }
-    (workdir / "align_summary.json").write_text(json.dumps(summary, indent=2))
-    plot_distance_curve(result, workdir / "align_distance.png", config.objective)
+    write_file(workdir / "align_summary.json", json.dumps(summary, indent=2))
+    if is_main_process():
+        buffer = io.BytesIO()
+        plot_distance_curve(result, buffer, config.objective)
+        write_file(workdir / "align_distance.png", buffer.getvalue())
 
 
-def plot_distance_curve(result: AlignResult, path: Path, objective: str) -> None:
+def plot_distance_curve(result: AlignResult, path, objective: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,15 +324,14 @@ def plot_distance_curve(result: AlignResult, path: Path, objective: str) -> None
     ax.set_title("ORCA align: embedded target vs source features")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
 
 
-def load_aligned_embedder(model: nnx.Module, workdir: Path) -> bool:
-    """Restores `workdir/aligned_embedder` into `model.embedder`; False when there is none."""
-    path = (Path(workdir) / "aligned_embedder").absolute()
-    if not path.exists():
+def load_aligned_embedder(model: nnx.Module, workdir: epath.PathLike) -> bool:
+    """Restores `workdir/aligned_embedder` into `model.embedder`; False when there is none (or it is damaged)."""
+    restored = load_tree(epath.Path(workdir) / "aligned_embedder", nnx.state(model.embedder, nnx.Param))
+    if restored is None:
         return False
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(model.embedder, nnx.Param))
-    nnx.update(model.embedder, ocp.StandardCheckpointer().restore(path, abstract))
+    nnx.update(model.embedder, restored)
     return True

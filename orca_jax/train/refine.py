@@ -20,34 +20,43 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
-import math
-import signal
 import time
-from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 from jax.experimental.multihost_utils import process_allgather
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from orca_jax.data.loader import Batches, iterate
 from orca_jax.data.tasks import Split, Task
-from orca_jax.parallel import batch_from_process_rows, process_rows, replicated
-from orca_jax.train.finetune import make_finetune_optimizer
+from orca_jax.parallel import (
+    Preempted,
+    PreemptionGuard,
+    batch_from_process_rows,
+    init_optimizer,
+    is_main_process,
+    param_shardings,
+    place,
+    process_rows,
+    replicated,
+)
+from orca_jax.train.checkpoints import StageCheckpoints, load_tree, save_tree
+from orca_jax.train.finetune import make_finetune_optimizer, trainable_filter
 from orca_jax.train.metrics import MetricAccumulator
 from orca_jax.train.objective import TaskObjective
 from orca_jax.train.run_log import RunLog
+from orca_jax.workdir import write_file
 
 log = logging.getLogger(__name__)
 
+REFINE_SELECTIONS = ("best", "last")  # refine.select: test with the best validation epoch's parameters, or the last's
 SMALL_VALIDATION = 50  # fewer validation examples than this: best-epoch selection on them is mostly noise
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving; rerun the same command to resume
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,50 +70,25 @@ class RefineResult:
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
-class Preempted(SystemExit):
-    """The run saved a checkpoint after SIGTERM and stopped; the process exits with `PREEMPTED_EXIT_CODE`."""
-
-    def __init__(self, message: str):
-        log.warning("%s", message)
-        super().__init__(PREEMPTED_EXIT_CODE)
-        self.message = message
-
-
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks after each step (then it checkpoints and exits cleanly)."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __enter__(self):
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        log.warning("SIGTERM: saving a checkpoint after this step, then stopping")
-        self.requested = True
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self.previous)
-
-
 def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, objective: TaskObjective,
-               mesh: Mesh):
+               mesh: Mesh, state_shardings):
+    """Jitted (train_step, eval_step). Only `params` (the trainable parameters) are differentiated; `frozen` (the
+    parameters the fine-tune mode freezes) enter as constants of the step."""
     rep = replicated(mesh)
 
-    def train_step(params, opt_state, x, y, mask, key):
+    def train_step(params, frozen, opt_state, x, y, mask, key):
         def loss_of(params):
-            model = nnx.merge(graphdef, params)
+            model = nnx.merge(graphdef, params, frozen)
             return objective.loss(model(x, rngs=nnx.Rngs(dropout=key)), y, mask)
 
         loss, grads = jax.value_and_grad(loss_of)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    def eval_step(params, x):
-        return objective.outputs(nnx.merge(graphdef, params)(x))
+    def eval_step(params, frozen, x):
+        return objective.outputs(nnx.merge(graphdef, params, frozen)(x))
 
-    train = jax.jit(train_step, donate_argnums=(0, 1), out_shardings=(rep, rep, rep))
+    train = jax.jit(train_step, donate_argnums=(0, 2), out_shardings=(*state_shardings, rep))
     return train, jax.jit(eval_step)
 
 
@@ -115,13 +99,13 @@ def _all_rows(local) -> np.ndarray:
     return np.asarray(process_allgather(local, tiled=True))
 
 
-def evaluate(eval_step, params, split: Split, batch_size: int, metric: str, mesh: Mesh, data) -> MetricAccumulator:
+def evaluate(eval_step, params, frozen, split: Split, batch_size: int, metric: str, mesh: Mesh, data) -> MetricAccumulator:
     """The split's outputs and targets, from which `.result()` computes the metric over the whole split: each
     process feeds its rows of every batch, and every process collects all outputs and targets."""
     accumulator = MetricAccumulator(metric)
     batches = Batches(split, batch_size, rows=process_rows(batch_size))
     for batch in iterate(batches, threads=data.threads, prefetch=data.prefetch):
-        outputs = eval_step(params, batch_from_process_rows(batch["x"], mesh))
+        outputs = eval_step(params, frozen, batch_from_process_rows(batch["x"], mesh))
         meta = {name: _all_rows(values) for name, values in batch["meta"].items()}
         accumulator.update(_all_rows(outputs).astype(np.float32), _all_rows(batch["y"]), _all_rows(batch["mask"]),
                            **meta)
@@ -129,15 +113,19 @@ def evaluate(eval_step, params, split: Split, batch_size: int, metric: str, mesh
 
 
 def run_refine(
-    model: nnx.Module, task: Task, objective: TaskObjective, config, *, mesh: Mesh, workdir: Path
+    model: nnx.Module, task: Task, objective: TaskObjective, config, *, mesh: Mesh, workdir: epath.PathLike,
+    preemption: PreemptionGuard | None = None, step_offset: int = 0,
 ) -> RefineResult:
     """Fine-tunes `model` in place (ending with the selected epoch's parameters) and evaluates it on the test split.
 
-    Writes `refine_metrics.jsonl` and TensorBoard scalars (one record per epoch), `refine/` (resumable
-    checkpoints), `test_outputs.npz` (the test split's outputs and targets) and, when selecting the best epoch,
-    `refine_best/`.
+    Only the parameters the fine-tune mode trains are differentiated, updated and checkpointed; they and their
+    optimizer state are laid out on the mesh by `config.mesh.rules` (`orca_jax.parallel.sharding`). `preemption`
+    (default: a guard of its own) stops every process at one step after SIGTERM; `step_offset` continues the step
+    count of a stage that polled the same guard before (see `PreemptionGuard`). Writes `refine_metrics.jsonl` and
+    TensorBoard scalars (one record per epoch), `refine/` (resumable checkpoints), `test_outputs.npz` (the test
+    split's outputs and targets) and, when selecting the best epoch, `refine_best/`.
     """
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     devices = mesh.shape["data"] * mesh.shape["fsdp"]
     batch_size, seed, refine = config.batch_size, config.seed, config.refine
     for name in ("batch_size", "eval_batch_size"):
@@ -154,38 +142,27 @@ def run_refine(
                       transform=task.train_transform)
     steps_per_epoch = batches.steps_per_epoch
     optimizer = make_finetune_optimizer(config.optimizer, refine, steps_per_epoch)
-    graphdef, params = nnx.split(model, nnx.Param)
-    rep = replicated(mesh)
-    params = jax.device_put(jax.tree.map(jnp.copy, params), rep)  # the step donates its inputs: train on copies
-    opt_state = jax.jit(optimizer.init, out_shardings=rep)(params)
-    train_step, eval_step = make_steps(graphdef, optimizer, objective, mesh)
+    graphdef, params, frozen = nnx.split(model, nnx.All(nnx.Param, trainable_filter(refine.finetune_method)), ...)
+    shardings = param_shardings(params, mesh, config.mesh.rules, min_shard_bytes=config.mesh.min_shard_bytes)
+    frozen_shardings = param_shardings(frozen, mesh, config.mesh.rules, min_shard_bytes=config.mesh.min_shard_bytes)
+    params, frozen = place(params, shardings), place(frozen, frozen_shardings)  # copies: the step donates params
+    opt_state, opt_shardings = init_optimizer(optimizer, params, shardings)
+    train_step, eval_step = make_steps(graphdef, optimizer, objective, mesh, (shardings, opt_shardings))
 
-    manager = ocp.CheckpointManager(
-        (workdir / "refine").absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-    )
-    best_dir = (workdir / "refine_best").absolute()
+    checkpoints = StageCheckpoints(workdir / "refine")
+    best_dir = workdir / "refine_best"
     # Where the run is, and what a restart needs to continue it exactly (a part-done epoch's losses, the input
     # iterator's state).
     position = {"epoch": 0, "step": 0, "losses": [], "history": [], "best_epoch": 0, "best_val": None, "data": None}
-    if manager.latest_step() is not None:
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": params, "opt_state": opt_state})
-        restored = manager.restore(
-            manager.latest_step(),
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(target), position=ocp.args.JsonRestore()),
-        )
-        params, opt_state, position = restored.state["params"], restored.state["opt_state"], restored.position
+    restored = checkpoints.restore({"params": params, "opt_state": opt_state})
+    if restored is not None:
+        _, state, position = restored
+        params, opt_state = state["params"], state["opt_state"]
         log.info("refine: resuming at epoch %d, step %d", position["epoch"] + 1, position["step"])
 
     def save(epoch: int, step: int, losses: list[float], data_state: dict) -> None:
         position.update(epoch=epoch, step=step, losses=losses, data=data_state)
-        manager.save(
-            epoch * steps_per_epoch + step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave({"params": params, "opt_state": opt_state}),
-                position=ocp.args.JsonSave(position),
-            ),
-            force=True,
-        )
+        checkpoints.save(epoch * steps_per_epoch + step, {"params": params, "opt_state": opt_state}, position)
 
     key = jax.random.key(seed)
     run_log = RunLog(workdir, "refine")
@@ -194,34 +171,40 @@ def run_refine(
     data = config.data
     inputs = iterate(batches, state=position["data"], threads=data.threads, prefetch=data.prefetch,
                      workers=data.workers)
-    with _Preemption() as preemption:
+    with preemption or PreemptionGuard() as guard:
         for epoch in range(position["epoch"], refine.epochs):
             resuming = epoch == position["epoch"]
             first = position["step"] if resuming else 0
             losses = list(position["losses"]) if resuming else []
+            stopping = False
             bar = tqdm(range(first, steps_per_epoch), total=steps_per_epoch, initial=first,
-                       desc=f"refine {epoch + 1}/{refine.epochs}", unit="step", leave=False)
+                       desc=f"refine {epoch + 1}/{refine.epochs}", unit="step", leave=False,
+                       disable=not is_main_process())
             for step in bar:
                 batch = next(inputs)
+                global_step = epoch * steps_per_epoch + step
                 params, opt_state, loss = train_step(
-                    params, opt_state, *(batch_from_process_rows(batch[k], mesh) for k in ("x", "y", "mask")),
-                    jax.random.fold_in(key, epoch * steps_per_epoch + step),
+                    params, frozen, opt_state, *(batch_from_process_rows(batch[k], mesh) for k in ("x", "y", "mask")),
+                    jax.random.fold_in(key, global_step),
                 )
                 losses.append(float(loss))
                 if not np.isfinite(losses[-1]):
-                    manager.wait_until_finished()
+                    checkpoints.wait()
                     raise FloatingPointError(
                         f"refine: the training loss is {losses[-1]} at epoch {epoch + 1}, step {step + 1}; stopped "
-                        f"without saving (the last good checkpoint, step {manager.latest_step()}, is kept). Lower "
+                        f"without saving (the last good checkpoint, step {checkpoints.latest_step()}, is kept). Lower "
                         "optimizer.learning_rate, set refine.clip, or check the inputs and targets."
                     )
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
-                # On the epoch's last step the epoch finishes first: its end-of-epoch checkpoint is the stop's.
-                if preemption.requested and step + 1 < steps_per_epoch:
-                    save(epoch, step + 1, losses, inputs.get_state())
-                    manager.wait_until_finished()
-                    raise Preempted(f"refine stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; rerun to resume")
-            val = evaluate(eval_step, params, task.val, config.eval_batch_size, objective.metric, mesh, data).result()
+                if guard.should_stop(step_offset + global_step):
+                    if step + 1 < steps_per_epoch:
+                        save(epoch, step + 1, losses, inputs.get_state())
+                        checkpoints.wait()
+                        raise Preempted(f"refine stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; rerun "
+                                        "the same command to resume")
+                    stopping = True  # on an epoch's last step the epoch finishes: its checkpoint is the stop's
+            val = evaluate(eval_step, params, frozen, task.val, config.eval_batch_size, objective.metric, mesh,
+                           data).result()
             record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
                       f"val_{objective.metric}": val, "seconds": time.perf_counter() - t0}
             position["history"].append(record)
@@ -229,28 +212,36 @@ def run_refine(
             if position["best_val"] is None or sign * val > sign * position["best_val"]:
                 position.update(best_epoch=epoch + 1, best_val=val)
                 if refine.select == "best":
-                    checkpointer = ocp.StandardCheckpointer()
-                    checkpointer.save(best_dir, params, force=True)
-                    checkpointer.wait_until_finished()
+                    save_tree(best_dir, params)
             log.info("refine epoch %d: %s", epoch + 1, record)
             last = epoch + 1 == refine.epochs
-            if (epoch + 1) % refine.checkpoint_every == 0 or last or preemption.requested:
+            if (epoch + 1) % refine.checkpoint_every == 0 or last or stopping:
                 save(epoch + 1, 0, [], inputs.get_state())
-            if preemption.requested and not last:
-                manager.wait_until_finished()
-                raise Preempted(f"refine stopped by SIGTERM at the end of epoch {epoch + 1}; rerun to resume")
-    manager.wait_until_finished()
+            if stopping and not last:
+                checkpoints.wait()
+                raise Preempted(f"refine stopped by SIGTERM at the end of epoch {epoch + 1}; rerun the same command "
+                                "to resume")
+    checkpoints.wait()
     run_log.close()
     seconds = time.perf_counter() - t0
+    if refine.select not in REFINE_SELECTIONS:
+        raise ValueError(f"refine.select={refine.select!r}; use one of {REFINE_SELECTIONS}.")
     if refine.select == "best":
-        params = ocp.StandardCheckpointer().restore(best_dir, jax.tree.map(ocp.utils.to_shape_dtype_struct, params))
+        best = load_tree(best_dir, params)
+        if best is None:
+            notes.append(f"{best_dir} is missing or damaged: the test split was evaluated with the last epoch's "
+                         f"parameters, not the best epoch's ({position['best_epoch']})")
+            log.warning("refine: %s", notes[-1])
+        else:
+            params = best
     nnx.update(model, params)
-    outputs = evaluate(eval_step, params, task.test, config.eval_batch_size, objective.metric, mesh, data)
+    outputs = evaluate(eval_step, params, frozen, task.test, config.eval_batch_size, objective.metric, mesh, data)
     test = outputs.result()
     # The test split's outputs (in the targets' units) next to its targets, for analysis beyond the one metric.
-    if jax.process_index() == 0:
-        test_outputs, test_targets, test_meta = outputs.arrays()
-        np.savez(workdir / "test_outputs.npz", outputs=test_outputs, targets=test_targets,
-                 **{f"meta_{name}": values for name, values in test_meta.items()})
+    test_outputs, test_targets, test_meta = outputs.arrays()
+    buffer = io.BytesIO()
+    np.savez(buffer, outputs=test_outputs, targets=test_targets,
+             **{f"meta_{name}": values for name, values in test_meta.items()})
+    write_file(workdir / "test_outputs.npz", buffer.getvalue())
     return RefineResult(position["best_epoch"], position["best_val"], test, objective.metric, position["history"],
                         seconds, notes)

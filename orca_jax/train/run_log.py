@@ -1,29 +1,34 @@
-"""Per-epoch metrics of a stage, as JSON lines and TensorBoard scalars, written as the run goes.
+"""Per-epoch metrics of a stage, as JSON lines and TensorBoard scalars, written as the run goes by process 0.
 
 The history itself lives in the stage's Orbax checkpoint, so after a restart the JSONL file is rewritten whole from
 it (no duplicated or missing lines); TensorBoard (tensorboardX, no TensorFlow needed) gets each epoch's scalars as
-they come, under `workdir/tensorboard/<stage>`.
+they come, under `workdir/tensorboard/<stage>` (local workdirs only: tensorboardX cannot write to object stores).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from etils import epath
 from tensorboardX import SummaryWriter
+
+from orca_jax.parallel import is_main_process
+from orca_jax.workdir import write_file
 
 
 class RunLog:
-    def __init__(self, workdir: Path, stage: str):
+    def __init__(self, workdir: epath.PathLike, stage: str):
         self.stage = stage
-        self.jsonl = Path(workdir) / f"{stage}_metrics.jsonl"
-        self.tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard" / stage))
+        self.jsonl = epath.Path(workdir) / f"{stage}_metrics.jsonl"
+        local = "://" not in str(workdir)
+        self.tensorboard = SummaryWriter(str(epath.Path(workdir) / "tensorboard" / stage)) if (
+            local and is_main_process()) else None
 
     def write(self, history: list[dict]) -> None:
         """Rewrites the JSONL file from `history` and sends the newest record's numbers to TensorBoard."""
-        tmp = self.jsonl.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(record) + "\n" for record in history))
-        tmp.replace(self.jsonl)
+        write_file(self.jsonl, "".join(json.dumps(record) + "\n" for record in history))
+        if self.tensorboard is None:
+            return
         record = history[-1]
         for name, value in record.items():
             if name != "epoch" and isinstance(value, (int, float)):
@@ -31,4 +36,5 @@ class RunLog:
         self.tensorboard.flush()
 
     def close(self) -> None:
-        self.tensorboard.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 from ml_collections import ConfigDict
 
+from orca_jax.config import base_config
 from orca_jax.models import from_pretrained
 from orca_jax.models.embedders import SequenceEmbedder
 from orca_jax.models.heads import ClassificationHead
@@ -21,10 +22,9 @@ OPTIMIZER = ConfigDict(dict(name="adamw", learning_rate=1e-3, weight_decay=0.0, 
 
 
 def align_config(epochs, **overrides):
-    values = dict(epochs=epochs, objective="otdd-exact", solver="annealed", epsilon=0.1, maxsamples=24,
-                  lr_multiplier=10.0, milestones=(20, 40, 60), gamma=0.2, checkpoint_every=2)
-    values.update(overrides)
-    return ConfigDict(values)
+    config = base_config().align
+    config.update(dict(epochs=epochs, maxsamples=24, checkpoint_every=2, **overrides))
+    return config
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,99 @@
+"""Resumable checkpoints of a training stage, shared by the align and refine stages.
+
+A stage saves a pytree of (sharded) arrays and a JSON-able position (where the run is, its history, the input
+iterator's state) under one step number, in `workdir/<stage>/` through an Orbax `CheckpointManager`. Orbax writes
+collectively: every process calls `save` and `restore`, each handling its own shards, and paths go through
+`etils.epath`, so a `gs://` workdir works as a local one does.
+
+Restoring takes the newest checkpoint that restores. A damaged one (a truncated file, a disk error, a half-copied
+directory) is skipped with a warning naming its step, and the next older one is tried: the run loses the epochs
+since that one, not the workdir. Only when none restores does the stage fail, naming the directory and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+log = logging.getLogger(__name__)
+
+
+def abstract(tree):
+    """Shapes, dtypes and shardings of `tree`, as Orbax restores into them."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class StageCheckpoints:
+    def __init__(self, directory: epath.PathLike, *, max_to_keep: int = 2):
+        self.directory = epath.Path(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def restore(self, state_like) -> tuple[int, Any, dict] | None:
+        """(step, state, position) of the newest checkpoint that restores into `state_like`'s structure, shapes and
+        shardings; None when there is none."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract(state_like)), position=ocp.args.JsonRestore()
+                    ),
+                )
+            except Exception as error:  # Orbax and TensorStore raise many types for damaged files
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                log.warning("checkpoint %s/%d does not restore (%s: %s); trying the previous one", self.directory,
+                            step, type(error).__name__, first_line[:300])
+                continue
+            if step != steps[0]:
+                log.warning("resuming from %s/%d: the newer checkpoints did not restore", self.directory, step)
+            return step, restored.state, restored.position
+        if steps:
+            raise RuntimeError(
+                f"None of the checkpoints {steps} in {self.directory} restores (see the warnings above). Rerun with "
+                "--restart to start this workdir over, or restore the directory from a backup."
+            )
+        return None
+
+    def save(self, step: int, state, position: dict) -> None:
+        """Saves in the background (the arrays are copied off the devices first, so the caller may donate them)."""
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), position=ocp.args.JsonSave(position)),
+            force=True,
+        )
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def save_tree(path: epath.PathLike, tree) -> None:
+    """A single pytree (the aligned embedder, the best parameters), replaced whole and written collectively."""
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(epath.Path(path), tree, force=True)
+    checkpointer.wait_until_finished()
+
+
+def load_tree(path: epath.PathLike, tree_like):
+    """`tree_like`'s structure restored from `save_tree`'s `path`; None when it is missing or does not restore
+    (with a warning naming the path and the error)."""
+    path = epath.Path(path)
+    if not path.exists():
+        return None
+    try:
+        return ocp.StandardCheckpointer().restore(path, abstract(tree_like))
+    except Exception as error:  # Orbax and TensorStore raise many types for damaged files
+        log.warning("%s does not restore (%s: %s)", path, type(error).__name__, str(error).strip()[:300])
+        return None

@@ -1,0 +1,173 @@
+"""A run's workdir: one run at a time, resumed only by the same experiment, restarted only on request.
+
+- **Lock.** A run holds an exclusive lock on `workdir/.lock` (`fcntl.flock`, released by the kernel when the process
+  dies, even by SIGKILL, so a crashed run never leaves a stale lock). A second run on the same workdir is refused at
+  once, naming the process that holds it. Only process 0 of a multi-process run locks (the others are the same run);
+  on object stores (`gs://`) there is no lock, which the log says.
+- **Same experiment.** The config of the run that created the workdir is kept in `config.json`. A rerun resumes only
+  when its config differs in fields that cannot change the results already there (`SAFE_TO_CHANGE`: more or fewer
+  epochs, checkpoint cadence, evaluation batch size, input-pipeline threads, data and cache locations, the mesh).
+  Anything else (seed, objective, learning rate, body...) is refused with the fields and both values, because
+  resuming would mix two experiments in one summary. `restart=True` deletes the run's outputs and starts over.
+- **Writes.** Host-side files (summaries, JSONL, plots) are written by process 0 only (`is_main_process`), atomically
+  (a temporary file renamed into place), through `etils.epath`, so `gs://` workdirs work unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+
+from etils import epath
+from ml_collections import ConfigDict
+
+from orca_jax.parallel import is_main_process
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+# Dotted config fields (or prefixes ending in ".") a resumed run may change.
+SAFE_TO_CHANGE = (
+    "align.epochs", "refine.epochs", "align.checkpoint_every", "refine.checkpoint_every", "eval_batch_size", "data.",
+    "task.data_dir", "source.cache_dir", "source.data_dir", "mesh.",
+)
+# Everything a run writes into its workdir; --restart deletes exactly these.
+RUN_OUTPUTS = (
+    "align", "refine", "refine_best", "aligned_embedder", "tensorboard", "align_metrics.jsonl", "refine_metrics.jsonl",
+    "align_summary.json", "align_distance.png", "summary.json", "test_outputs.npz", CONFIG_FILE,
+)
+
+
+class WorkdirError(RuntimeError):
+    """The workdir cannot be used as asked (busy, or holding another experiment)."""
+
+
+def write_file(path: epath.PathLike, data: str | bytes) -> None:
+    """Process 0 writes `data` to `path` atomically: readers see the old file or the new one, never a torn one."""
+    if not is_main_process():
+        return
+    path = epath.Path(path)
+    tmp = path.parent / f".{path.name}.tmp"
+    if isinstance(data, str):
+        tmp.write_text(data)
+    else:
+        tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _comparable(config: ConfigDict) -> dict:
+    """The config as JSON would give it back (tuples become lists), flattened to dotted fields."""
+    return _flatten(json.loads(config.to_json_best_effort()))
+
+
+def _safe(field: str, started_refine: bool) -> bool:
+    if field == "align.epochs" and started_refine:
+        return False  # the refine stage started from the alignment that is there; more align epochs would not reach it
+    return any(field == s or (s.endswith(".") and field.startswith(s)) for s in SAFE_TO_CHANGE)
+
+
+class RunLock:
+    """The exclusive lock of a workdir for this run (see the module docstring)."""
+
+    def __init__(self, workdir: epath.Path):
+        self.path, self.file = workdir / ".lock", None
+
+    def __enter__(self) -> RunLock:
+        if not is_main_process():
+            return self
+        if "://" in str(self.path):
+            log.info("workdir %s is not on a local file system: no lock against a second run", self.path.parent)
+            return self
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise WorkdirError(
+                f"Workdir {self.path.parent} is in use by {holder}. Wait for that run to finish or stop it, or choose "
+                "another --workdir."
+            ) from None
+        self.file.seek(0)
+        self.file.truncate()
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        self.file.write(f"process {os.getpid()} on {socket.gethostname()} (started {started}: {' '.join(sys.argv)})")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
+
+
+def claim(workdir: epath.PathLike, config: ConfigDict, *, restart: bool = False) -> None:
+    """Checks that `config` may run in `workdir` (call it holding the `RunLock`): deletes the run's outputs when
+    `restart`, refuses a different experiment, and records the config."""
+    workdir = epath.Path(workdir)
+    if restart:
+        if is_main_process():
+            removed = [name for name in RUN_OUTPUTS if (workdir / name).exists()]
+            for name in removed:
+                target = workdir / name
+                target.rmtree() if target.is_dir() else target.unlink()
+            if removed:
+                log.warning("--restart: deleted %s from %s", ", ".join(removed), workdir)
+    saved_file = workdir / CONFIG_FILE
+    if saved_file.exists():
+        saved, new = _flatten(json.loads(saved_file.read_text())), _comparable(config)
+        started_refine = (workdir / "refine").exists() and any((workdir / "refine").iterdir())
+        changed = sorted(f for f in set(saved) | set(new) if saved.get(f, "<absent>") != new.get(f, "<absent>"))
+        unsafe = [f for f in changed if not _safe(f, started_refine)]
+        if unsafe:
+            diffs = ", ".join(f"{f}={new.get(f, '<absent>')!r} (was {saved.get(f, '<absent>')!r})" for f in unsafe)
+            raise WorkdirError(
+                f"Workdir {workdir} holds a run of another experiment: {diffs}. Resuming would mix the two in one "
+                "summary. Choose another --workdir, or pass --restart to delete this run's checkpoints and results "
+                f"and start over. (A resumed run may change: {', '.join(SAFE_TO_CHANGE)}"
+                + ("; align.epochs only until the refine stage starts" if started_refine else "") + ".)"
+            )
+        if changed:
+            log.info("resuming %s with %s changed", workdir, ", ".join(changed))
+    write_file(saved_file, config.to_json_best_effort(indent=2))
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from, is the file system running out of space."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error):  # TensorStore and Orbax wrap the OSError in their own types
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def free_space(workdir: epath.PathLike) -> str:
+    try:
+        return f"{shutil.disk_usage(os.fspath(workdir)).free / 2**30:.2f} GiB free"
+    except OSError:
+        return "free space unknown"
