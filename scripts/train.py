@@ -1,7 +1,9 @@
 """Runs ORCA from a config file: `python scripts/train.py --config=configs/X.py[:variant] --workdir=DIR`.
 
 Override any field with `--config.<field>=<value>` (e.g. `--config.align.epochs=10`); a mistyped field is an
-error. Re-running with the same workdir resumes what a previous, interrupted run left there.
+error. Re-running with the same workdir resumes what a previous, interrupted run left there; `--restart` starts it
+over. Exit status: 0 done; 1 the run failed (the message says why and what to do); 2 the config or the workdir cannot
+be used (nothing was started); 75 stopped by SIGTERM after saving a checkpoint (rerun the same command to resume).
 """
 
 import json
@@ -14,10 +16,12 @@ from ml_collections import config_flags
 
 from orca_jax.config_checks import ConfigError
 from orca_jax.parallel import initialize_distributed
-from orca_jax.pipeline import run
+from orca_jax.pipeline import DiskFullError, run
+from orca_jax.workdir import WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the summary.")
+_RESTART = flags.DEFINE_bool("restart", False, "Delete the workdir's checkpoints and results and start over.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -28,10 +32,13 @@ def main(argv):
     logging.getLogger("orca_jax").setLevel(logging.INFO)
     initialize_distributed()
     try:
-        summary = run(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as error:
-        print(error, file=sys.stderr)  # the lines name the fields; a traceback would only bury them
+        summary = run(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value)
+    except (ConfigError, WorkdirError) as error:
+        print(error, file=sys.stderr)  # the message names the fields and the fix; a traceback would only bury it
         sys.exit(2)
+    except (DiskFullError, FloatingPointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     print(json.dumps(summary, indent=2))
 
 
