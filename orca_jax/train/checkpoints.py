@@ -7,7 +7,9 @@ collectively: every process calls `save` and `restore`, each handling its own sh
 
 Restoring takes the newest checkpoint that restores. A damaged one (a truncated file, a disk error, a half-copied
 directory) is skipped with a warning naming its step, and the next older one is tried: the run loses the epochs
-since that one, not the workdir. Only when none restores does the stage fail, naming the directory and the fix.
+since that one, not the workdir. The damaged ones are then moved aside to `damaged-<step>` (kept for inspection,
+and out of the way of the step numbers the resumed run saves again). Only when none restores does the stage fail,
+naming the directory and the fix.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+
+from orca_jax.parallel import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ class StageCheckpoints:
         """(step, state, position) of the newest checkpoint that restores into `state_like`'s structure, shapes and
         shardings; None when there is none."""
         steps = sorted(self.manager.all_steps(), reverse=True)
+        damaged = []
         for step in steps:
             try:
                 restored = self.manager.restore(
@@ -53,9 +59,12 @@ class StageCheckpoints:
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 log.warning("checkpoint %s/%d does not restore (%s: %s); trying the previous one", self.directory,
                             step, type(error).__name__, first_line[:300])
+                damaged.append(step)
                 continue
-            if step != steps[0]:
-                log.warning("resuming from %s/%d: the newer checkpoints did not restore", self.directory, step)
+            if damaged:
+                log.warning("resuming from %s/%d; the damaged checkpoints %s are moved to damaged-<step>",
+                            self.directory, step, damaged)
+                self._move_aside(damaged)
             return step, restored.state, restored.position
         if steps:
             raise RuntimeError(
@@ -63,6 +72,16 @@ class StageCheckpoints:
                 "--restart to start this workdir over, or restore the directory from a backup."
             )
         return None
+
+    def _move_aside(self, steps: list[int]) -> None:
+        if is_main_process():
+            for step in steps:
+                target = self.directory / f"damaged-{step}"
+                if target.exists():
+                    target.rmtree()
+                (self.directory / str(step)).rename(target)
+        multihost_utils.sync_global_devices("orca_jax damaged checkpoints moved")
+        self.manager.reload()
 
     def save(self, step: int, state, position: dict) -> None:
         """Saves in the background (the arrays are copied off the devices first, so the caller may donate them)."""

@@ -1,0 +1,134 @@
+"""Runs that break or lie become clear stops with nothing lost: SIGTERM on an epoch's last step, non-finite losses,
+a workdir reused by another experiment or by two runs at once, damaged checkpoints, a missing best checkpoint, a
+full disk."""
+
+import errno
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from orca_jax.config import load_config_file
+from orca_jax.data import task_from_arrays
+from orca_jax.parallel import PREEMPTED_EXIT_CODE, PreemptionGuard
+from orca_jax.pipeline import DiskFullError, run
+from orca_jax.workdir import RunLock, WorkdirError
+from tests.test_task_kinds import ROOT
+from tests.text_checkpoints import save_tiny_text_model
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(80, 12, 2)).astype(np.float32)
+Y = (X[:, :, 0].mean(1) > 0).astype(np.int64)
+STEPS = 5  # 40 training examples in batches of 8
+
+
+@pytest.fixture(scope="module")
+def body(tmp_path_factory):
+    return save_tiny_text_model("roberta", tmp_path_factory.mktemp("body"), tokenizer=True)
+
+
+def task():
+    return task_from_arrays(X, Y, val_fraction=0.2, test_fraction=0.375)
+
+
+def config(body, tmp_path, **refine):
+    c = load_config_file(ROOT / "configs" / "own_data.py", "smoke")
+    c.body.checkpoint, c.source.cache_dir = str(body), str(tmp_path / "cache")
+    c.align.epochs = 0
+    c.refine.update({"epochs": 2, **refine})
+    return c
+
+
+def history(workdir):
+    return [json.loads(line) for line in (workdir / "refine_metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_sigterm_on_the_last_step_of_an_epoch_finishes_the_epoch_and_resumes(body, tmp_path, monkeypatch):
+    whole = run(config(body, tmp_path, epochs=3), tmp_path / "whole", task=task())
+    real_should_stop = PreemptionGuard.should_stop
+    for stop_at in (STEPS - 1, 3 * STEPS - 1):  # the first epoch's last step; the final epoch's last step
+        monkeypatch.setattr(PreemptionGuard, "should_stop", lambda self, step, s=stop_at: step == s)
+        workdir = tmp_path / f"stop{stop_at}"
+        if stop_at < 3 * STEPS - 1:
+            with pytest.raises(SystemExit) as stopped:
+                run(config(body, tmp_path, epochs=3), workdir, task=task())
+            assert stopped.value.code == PREEMPTED_EXIT_CODE
+            assert [r["epoch"] for r in history(workdir)] == [1]  # the epoch was finished and evaluated
+        monkeypatch.setattr(PreemptionGuard, "should_stop", real_should_stop)
+        resumed = run(config(body, tmp_path, epochs=3), workdir, task=task())
+        assert [r["train_loss"] for r in history(workdir)] == pytest.approx(
+            [r["train_loss"] for r in history(tmp_path / "whole")], rel=1e-6)
+        assert resumed["refine"]["test_accuracy"] == whole["refine"]["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(body, tmp_path):
+    c = config(body, tmp_path, epochs=3, warmup_epochs=0, clip=-1.0)
+    c.optimizer.update(dict(name="sgd", learning_rate=1e30, momentum=0.0, weight_decay=0.0))
+    with pytest.raises(FloatingPointError, match=r"training loss is (nan|inf) at epoch 1, step \d+; stopped without "
+                                                 "saving .*Lower optimizer.learning_rate"):
+        run(c, tmp_path / "w", task=task())
+    assert not (tmp_path / "w" / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_a_workdir_resumes_only_the_same_experiment(body, tmp_path, caplog):
+    workdir = tmp_path / "w"
+    run(config(body, tmp_path, epochs=1), workdir, task=task())
+    other = config(body, tmp_path, epochs=1)
+    other.seed, other.optimizer.learning_rate = 1, 3e-4
+    with pytest.raises(WorkdirError, match=r"another experiment: optimizer.learning_rate=0.0003 \(was 0.001\), "
+                                           r"seed=1 \(was 0\).*--restart"):
+        run(other, workdir, task=task())
+    more = run(config(body, tmp_path, epochs=2), workdir, task=task())  # more epochs: safe, resumes
+    assert [r["epoch"] for r in history(workdir)] == [1, 2] and more["refine"]["best_epoch"] in (1, 2)
+    with caplog.at_level(logging.WARNING, logger="orca_jax"):
+        run(other, workdir, task=task(), restart=True)
+    assert "--restart: deleted" in caplog.text and [r["epoch"] for r in history(workdir)] == [1]
+    assert json.loads((workdir / "config.json").read_text())["seed"] == 1
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused_at_once(body, tmp_path):
+    (tmp_path / "w").mkdir()
+    with RunLock(tmp_path / "w"):
+        with pytest.raises(WorkdirError, match=r"is in use by process \d+ on .*Wait for that run"):
+            run(config(body, tmp_path), tmp_path / "w", task=task())
+
+
+@pytest.mark.slow
+def test_damaged_checkpoints_and_a_missing_best_fall_back_with_warnings(body, tmp_path, caplog):
+    workdir = tmp_path / "w"
+    run(config(body, tmp_path, epochs=2), workdir, task=task())
+    latest = workdir / "refine" / str(2 * STEPS)
+    for file in latest.rglob("*"):
+        if file.is_file():
+            file.write_bytes(b"\0" * 7)
+    shutil.rmtree(workdir / "refine_best")
+    with caplog.at_level(logging.WARNING, logger="orca_jax"):
+        summary = run(config(body, tmp_path, epochs=3), workdir, task=task())
+    assert f"refine/{2 * STEPS} does not restore" in caplog.text
+    assert [r["epoch"] for r in history(workdir)] == [1, 2, 3]  # epoch 2 redone from the epoch-1 checkpoint
+    assert summary["refine"]["best_epoch"] in (1, 2, 3)
+
+
+@pytest.mark.slow
+def test_a_missing_best_checkpoint_is_said_in_the_summary(body, tmp_path):
+    workdir = tmp_path / "w"
+    run(config(body, tmp_path, epochs=1), workdir, task=task())
+    shutil.rmtree(workdir / "refine_best")
+    summary = run(config(body, tmp_path, epochs=1), workdir, task=task())
+    assert any("refine_best is missing or damaged" in note for note in summary["refine"]["notes"])
+    json.loads((workdir / "summary.json").read_text())  # strict JSON
+
+
+def test_a_full_disk_is_said_once_plainly(body, tmp_path, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("orca_jax.workdir.write_file", no_space)
+    with pytest.raises(DiskFullError, match=r"The disk holding .* is full \(.* GiB free\)\. Free some space and "
+                                            "rerun the same command"):
+        run(config(body, tmp_path), tmp_path / "w", task=task())
