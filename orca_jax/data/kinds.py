@@ -14,6 +14,9 @@ override (`task.loss`, `task.metric`, `task.class_weighting`). The pairings foll
 | dense_1d | floats [N, L] or [N, L, C] | dense 1D | nRMSE | nRMSE (PDEBench 1D) | k-means |
 | dense_2d | floats [N, H, W] or [N, H, W, C] | dense 2D | nRMSE | nRMSE (PDEBench 2D) | k-means |
 | dense_2d_relative_l2 | floats [N, H, W] or [N, H, W, C] | dense 2D | relative L2 (summed) | relative L2 (Darcy) | k-means |
+| dense_2d_binary | {0, 1} floats [N, H, W] | dense 2D | BCE | pixel AUROC on scores (Cosmic) | k-means |
+| distance_map | floats [N, H, W] | dense 2D | MSE | MAE8, each protein's own length (PSICOV) | k-means |
+| multilabel_clip_map | {0, 1} [N, labels] | linear | BCE (`pos_weight`) | clip-level mAP (FSD50K) | k-means |
 
 Metrics are reported as they are named (accuracy, R², AUROC), not as the official code's "1 − x" errors; the
 metric's direction for model selection is in `orca_jax.train.metrics.METRICS`. "Align labels" are what the align
@@ -53,6 +56,11 @@ TASK_KINDS: dict[str, TaskKind] = {
     "dense_1d": TaskKind("values", "dense_1d", "nrmse", "nrmse"),
     "dense_2d": TaskKind("values", "dense_2d", "nrmse", "nrmse"),
     "dense_2d_relative_l2": TaskKind("values", "dense_2d", "relative_l2", "relative_l2"),
+    # The last three read per-example metadata (`Split.meta`): Cosmic's ignore mask, PSICOV's protein lengths,
+    # the FSD50K clip each chunk comes from.
+    "dense_2d_binary": TaskKind("values", "dense_2d", "binary_cross_entropy", "pixel_auroc"),
+    "distance_map": TaskKind("values", "dense_2d", "mse", "psicov_mae8"),
+    "multilabel_clip_map": TaskKind("multilabel", "linear", "binary_cross_entropy", "clip_mean_average_precision"),
 }
 
 

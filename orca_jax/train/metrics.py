@@ -13,6 +13,10 @@ model's raw outputs and the targets as NumPy arrays:
 - `auroc` (single-label, tabular): logits `[n, classes]`, integer labels `[n]`; `r2`: outputs and targets of one
   shape.
 - `relative_l2` (mean of the official LpLoss ratios over examples), `nrmse`: dense outputs and targets.
+- Benchmark metrics that need per-example metadata (`Split.meta`, passed by name): `clip_mean_average_precision`
+  (FSD50K, `clip`), `pixel_auroc` / `pixel_auroc_thresholded` (Cosmic, `ignore`), `psicov_mae8` /
+  `psicov_mae8_official` (PSICOV, `length`); the `_official` variants reproduce the official code's numbers,
+  bugs included, for comparison with published results.
 Each is reported as is (accuracy, not the official 1 - accuracy); `METRICS[name].higher_is_better` says which way
 is better for model selection.
 """
@@ -82,6 +86,67 @@ def nrmse(outputs: np.ndarray, targets: np.ndarray) -> float:
     return float(losses.nrmse(outputs, targets))
 
 
+def clip_mean_average_precision(scores: np.ndarray, targets: np.ndarray, clip: np.ndarray) -> float:
+    """FSD50K's clip-level mAP: a clip's logits are averaged over its chunks (`clip`: the clip id of each example,
+    from the split's meta), then `mean_average_precision` over clips (a clip's chunks share its targets)."""
+    clips, first, inverse = np.unique(np.asarray(clip), return_index=True, return_inverse=True)
+    sums = np.zeros((len(clips), scores.shape[1]), np.float64)
+    np.add.at(sums, inverse.reshape(-1), scores.astype(np.float64))
+    counts = np.bincount(inverse.reshape(-1), minlength=len(clips))[:, None]
+    return mean_average_precision(sums / counts, targets[first])
+
+
+def pixel_auroc(scores: np.ndarray, targets: np.ndarray, ignore: np.ndarray | None = None) -> float:
+    """Cosmic's AUROC over pixels, on the scores (logits), leaving out pixels the data marks to ignore (`ignore`,
+    per pixel, from the split's meta). The official metric thresholds the outputs at 0 first and counts ignored
+    pixels as correct negatives: `pixel_auroc_thresholded`."""
+    keep = np.ones(targets.shape, bool) if ignore is None else np.asarray(ignore).reshape(targets.shape) == 0
+    return float(roc_auc_score(targets[keep].ravel() > 0.5, scores.reshape(targets.shape)[keep].ravel()))
+
+
+def pixel_auroc_thresholded(scores: np.ndarray, targets: np.ndarray, ignore: np.ndarray | None = None) -> float:
+    """The official Cosmic number (reported as 1 - this): outputs and targets multiplied by (1 - ignore), outputs
+    thresholded at 0, then AUROC of those 0/1 predictions over all pixels of the split."""
+    keep = 1.0 if ignore is None else 1.0 - np.asarray(ignore, np.float32).reshape(targets.shape)
+    predicted = (scores.reshape(targets.shape) * keep) > 0
+    return float(roc_auc_score((targets * keep).ravel() > 0.5, predicted.ravel()))
+
+
+def _psicov_mae(outputs: np.ndarray, targets: np.ndarray, lengths: np.ndarray, pad: int = 10,
+                separation: int = 24, threshold: float = 8.0) -> float:
+    """The official PSICOV evaluation (from the PDNet code) with protein i scored on its own lengths[i] x lengths[i]
+    window: the prediction's upper triangle is averaged with its transpose, floored at 0.01, the 5-residue padding
+    removed, then the upper triangle averaged with the lower once more (so the lower triangle weighs 3/4), and the
+    MAE taken over residue pairs at least `separation` apart whose true distance is at most `threshold`. Proteins
+    without such pairs are skipped; the mean over proteins is returned (inf when none has any)."""
+    predictions = np.asarray(outputs, np.float64).reshape(targets.shape)
+    size = predictions.shape[-1]
+    upper = np.triu(np.ones((size, size), bool))
+    predictions = np.maximum(np.where(upper, (predictions + predictions.swapaxes(1, 2)) / 2.0, predictions), 0.01)
+    half = pad // 2
+    maes = []
+    for p, y, length in zip(predictions, np.asarray(targets, np.float64), lengths):
+        window = slice(half, half + int(length))
+        p, y = p[window, window], y[window, window]
+        j, k = np.triu_indices(int(length), separation)
+        pairs = y[j, k] <= threshold
+        if pairs.any():
+            maes.append(np.mean(np.abs(y[j, k] - (p[k, j] + p[j, k]) / 2.0)[pairs]))
+    return float(np.mean(maes)) if maes else float("inf")
+
+
+def psicov_mae8(outputs: np.ndarray, targets: np.ndarray, length: np.ndarray) -> float:
+    """PSICOV's MAE8 (lower is better): mean absolute error of long-range (separation >= 24) contacts (<= 8 A),
+    each protein on its own length (`length`, from the split's meta). See `_psicov_mae`."""
+    return _psicov_mae(outputs, targets, np.asarray(length))
+
+
+def psicov_mae8_official(outputs: np.ndarray, targets: np.ndarray, length: np.ndarray) -> float:
+    """The number the official code reports: it evaluates one protein at a time and looks the length up by the
+    index within that one-protein chunk, so every protein is scored on the first protein's window."""
+    return _psicov_mae(outputs, targets, np.full(len(targets), np.asarray(length)[0]))
+
+
 @dataclasses.dataclass(frozen=True)
 class Metric:
     fn: Callable[[np.ndarray, np.ndarray], float]
@@ -97,6 +162,11 @@ METRICS: dict[str, Metric] = {
     "r2": Metric(r2, True),
     "relative_l2": Metric(relative_l2, False),
     "nrmse": Metric(nrmse, False),
+    "clip_mean_average_precision": Metric(clip_mean_average_precision, True),
+    "pixel_auroc": Metric(pixel_auroc, True),
+    "pixel_auroc_thresholded": Metric(pixel_auroc_thresholded, True),
+    "psicov_mae8": Metric(psicov_mae8, False),
+    "psicov_mae8_official": Metric(psicov_mae8_official, False),
 }
 
 
