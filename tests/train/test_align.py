@@ -115,3 +115,59 @@ def test_interrupted_align_resumes_to_the_same_result(body_dir, task, tmp_path):
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     for a, b in zip(jax.tree.leaves(nnx.state(whole.embedder)), jax.tree.leaves(nnx.state(again.embedder))):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def _swin_model(tmp_path):
+    import torch
+    import transformers
+
+    from orca_jax.models.embedders import ImageEmbedder
+
+    config = transformers.SwinConfig(image_size=224, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 1],
+                                     window_size=7)
+    torch.manual_seed(0)
+    transformers.SwinModel(config).save_pretrained(tmp_path / "swin")
+    body = from_pretrained(tmp_path / "swin")
+    rngs = nnx.Rngs(0)
+    return OrcaModel(ImageEmbedder.from_body(body, 3, rngs=rngs), body, ClassificationHead(16, 3, rngs=rngs))
+
+
+@pytest.mark.slow
+def test_chunked_classes_bound_the_align_steps_memory_and_equal_the_unchunked_step(tmp_path):
+    """2D inputs resized to 224 x 224 (3,136 patch tokens each), 8 samples per class: the compiled step's temporary
+    memory grows with the number of classes unless they are embedded a chunk at a time."""
+    import optax
+
+    from orca_jax.ot import MMDLoss
+    from orca_jax.train.align import EMBEDDER, make_align_step
+
+    model = _swin_model(tmp_path)
+    graphdef, embedder, rest = nnx.split(model, EMBEDDER, ...)
+    optimizer = optax.adamw(1e-3)
+    opt_state = optimizer.init(embedder)
+    objective = MMDLoss.build(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32))
+    key = jax.random.key(0)
+
+    def temp_bytes(classes, chunk):
+        step, _ = make_align_step(graphdef, optimizer, chunk)
+        x = jax.ShapeDtypeStruct((classes, 8, 32, 32, 3), np.float32)
+        mask, weights = jax.ShapeDtypeStruct((classes, 8), bool), jax.ShapeDtypeStruct((classes,), np.float32)
+        compiled = step.lower(embedder, rest, opt_state, objective, x, mask, weights, key).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    chunked = {classes: temp_bytes(classes, 10) for classes in (10, 100)}
+    whole = temp_bytes(100, 0)
+    assert chunked[100] < 1.5 * chunked[10], chunked  # bounded by a chunk
+    assert whole > 5 * chunked[100], (whole, chunked)  # all classes at once: ~10x
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(size=(7, 8, 32, 32, 3)).astype(np.float32)
+    mask, weights = np.ones((7, 8), bool), np.full(7, 1 / 7, np.float32)
+    results = []
+    for chunk in (0, 3):  # 3 does not divide 7: the last chunk is padded
+        _, distance = make_align_step(graphdef, optimizer, chunk)
+        value, grads = jax.value_and_grad(distance)(embedder, rest, objective, x, mask, weights, key)
+        results.append((value, grads))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(a).max()))  # summation order
