@@ -26,6 +26,7 @@ import socket
 import sys
 
 from etils import epath
+from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from orca_jax.parallel import is_main_process
@@ -134,6 +135,7 @@ def claim(workdir: epath.PathLike, config: ConfigDict, *, restart: bool = False)
                 target.rmtree() if target.is_dir() else target.unlink()
             if removed:
                 log.warning("--restart: deleted %s from %s", ", ".join(removed), workdir)
+        multihost_utils.sync_global_devices("orca_jax workdir restarted")  # no process reads what is being deleted
     saved_file = workdir / CONFIG_FILE
     if saved_file.exists():
         saved, new = _flatten(json.loads(saved_file.read_text())), _comparable(config)
@@ -150,6 +152,7 @@ def claim(workdir: epath.PathLike, config: ConfigDict, *, restart: bool = False)
             )
         if changed:
             log.info("resuming %s with %s changed", workdir, ", ".join(changed))
+    multihost_utils.sync_global_devices("orca_jax workdir config compared")  # every process read the old one
     write_file(saved_file, config.to_json_best_effort(indent=2))
 
 

@@ -226,7 +226,7 @@ def run_align(
     # The step donates the embedder's buffers: train on a copy, so the model stays intact if the run stops early.
     embedder, rest = place(embedder, shardings), place(rest, param_shardings(rest, mesh, **rules))
     rep = replicated(mesh)
-    objective = jax.device_put(objective, rep)
+    objective = place(objective, jax.tree.map(lambda _: rep, objective))  # built on this process's first device
     opt_state, _ = init_optimizer(optimizer, embedder, shardings)
     step, distance = make_align_step(graphdef, optimizer, config.chunk_classes)
     weights = jax.device_put(sampler.weights, rep)
