@@ -17,6 +17,7 @@ from orca_jax.parallel.sharding import DEFAULT_RULES, MIN_SHARD_BYTES
 
 # body.param_dtype / body.dtype names.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+EMBEDDER_INITS = ("auto", "body", "fresh")  # embedder.init
 
 
 def base_config() -> ConfigDict:
@@ -44,7 +45,9 @@ def base_config() -> ConfigDict:
     # the checkpoint's.
     c.body = ConfigDict(dict(checkpoint="roberta-base", param_dtype="float32", dtype="float32", dropout=-1.0))
     # target_seq_len: most tokens a 1D input becomes (official default 512); antialias: 2D resize (see embedders).
-    c.embedder = ConfigDict(dict(target_seq_len=512, antialias=False))
+    # init: auto (official: copied from the body when the align stage runs, fresh otherwise) | body | fresh; "body"
+    # without alignment separates what the body's initialisation gives from what alignment gives.
+    c.embedder = ConfigDict(dict(target_seq_len=512, antialias=False, init="auto"))
     # name: python_docs (offline) or conll2003 for text bodies, cifar10 or digits (offline) for Swin.
     # cache_dir "" = ~/.cache/orca_jax/source_features; data_dir "" = tensorflow-datasets' default.
     c.source = ConfigDict(dict(name="conll2003", size=5000, seed=0, cache_dir="", data_dir=""))
@@ -79,6 +82,9 @@ def base_config() -> ConfigDict:
             # best: test with the parameters of the best validation epoch; last: with the last epoch's (for
             # validation splits too small to select on).
             select="best",
+            # An `aligned_embedder` directory of another run's workdir to start from (align.epochs must be 0), so a
+            # sweep over refine settings aligns once; "" = none.
+            init_embedder="",
         )
     )
     # Device mesh axes and parameter sharding rules: see orca_jax/parallel/sharding.py (the one place they are

@@ -28,7 +28,7 @@ import jax
 from jax.sharding import AbstractMesh
 from ml_collections import ConfigDict
 
-from orca_jax.config import DTYPES
+from orca_jax.config import DTYPES, EMBEDDER_INITS
 from orca_jax.data.kinds import CLASS_WEIGHTINGS, TASK_KINDS
 from orca_jax.data.sources import SOURCES
 from orca_jax.data.tasks import TASK_LOADERS, scheme_loader
@@ -129,14 +129,13 @@ def _runs(checker: _Checker, field: str) -> bool:
     return checker.value(field) != 0
 
 
-def check_config(config: ConfigDict, *, devices: int | None = None, processes: int | None = None) -> None:
-    """Raises `ConfigError` listing every problem of `config`; `devices` and `processes` (default: this run's JAX
-    device and process counts) are what the mesh and the batch sizes must fit."""
+def check_config(config: ConfigDict, *, devices: int | None = None) -> None:
+    """Raises `ConfigError` listing every problem of `config`; `devices` (default: this run's JAX device count) is
+    what the mesh must fit."""
     devices = jax.device_count() if devices is None else devices
-    processes = jax.process_count() if processes is None else processes
     c = _Checker(config)
     align, refine = _runs(c, "align.epochs"), _runs(c, "refine.epochs")
-    _check_run(c, devices, processes, refine)
+    _check_run(c, refine)
     _check_task(c)
     _check_body(c, align)
     _check_optimizer(c)
@@ -149,22 +148,15 @@ def check_config(config: ConfigDict, *, devices: int | None = None, processes: i
         raise ConfigError(c.problems)
 
 
-def _check_run(c: _Checker, devices: int, processes: int, refine: bool) -> None:
+def _check_run(c: _Checker, refine: bool) -> None:
     c.integer("seed", 0, "NumPy's seeded generators take no negative seeds, use e.g. 0")
     c.integer("align.epochs", 0, "set 0 to skip the align stage, or its optimizer steps (official: 20-60)")
     c.integer("refine.epochs", 0, "set 0 to skip the refine stage, or the epochs to fine-tune")
-    # Refine batches are split over every device of the mesh (data x fsdp) and loaded per process.
-    multiple = math.lcm(devices, processes)
-    spread = f"the {devices} devices" + (f" of {processes} processes" if processes > 1 else "")
-    fields = (("batch_size", "e.g. 32"),) + ((("eval_batch_size", "e.g. 256"),) if refine else ())
-    for field, example in fields:
-        if c.integer(field, 1, f"set the examples per batch, {example}") and refine:
-            value = c.value(field)
-            if value % multiple:
-                up = -(-value // multiple) * multiple
-                choices = f"{value - value % multiple} or {up}" if value > multiple else f"{up}"
-                c.fail(field, f"does not divide over {spread}, which split every refine batch (mesh data x fsdp); "
-                              f"use a multiple of {multiple}, e.g. {choices}")
+    # Batches that do not divide over the devices are padded with masked rows (orca_jax/data/loader.py): any size
+    # runs on any mesh, so only the values themselves are checked.
+    c.integer("batch_size", 1, "set the examples per batch, e.g. 32")
+    if refine:
+        c.integer("eval_batch_size", 1, "set the examples per batch, e.g. 256")
     c.integer("data.threads", 1, "set the threads that read input batches, e.g. 2")
     c.integer("data.prefetch", 1, "set how many batches to read ahead, e.g. 4")
     c.integer("data.workers", 0, "set 0 to read in this process, or N worker processes")
@@ -238,6 +230,7 @@ def _check_body(c: _Checker, align: bool) -> None:
     if not keeps_checkpoints:
         c.number("body.dropout", "[0, 1)", "a negative rate keeps the checkpoint's own")
     c.integer("embedder.target_seq_len", 1, "set the most tokens a 1D input becomes (official 512)")
+    c.choice("embedder.init", EMBEDDER_INITS)
     if not align:
         return
     if c.choice("source.name", SOURCES) and modality is not None:
@@ -294,6 +287,14 @@ def _check_refine(c: _Checker) -> None:
                                           "warm-up (officially: the number of refine epochs)")
     c.integer("refine.checkpoint_every", 1, "set the epochs between checkpoints, e.g. 1")
     c.choice("refine.select", REFINE_SELECTIONS)
+    start = c.value("refine.init_embedder")
+    if start:
+        if c.value("align.epochs") != 0:
+            c.fail("refine.init_embedder", "starts refining from a saved embedder, yet align.epochs is not 0 (the "
+                                           "align stage would be overwritten); set align.epochs=0")
+        elif "://" not in str(start) and not Path(start).is_dir():
+            c.fail("refine.init_embedder", "is not a directory; give the aligned_embedder/ folder of an earlier run's "
+                                           "workdir")
 
 
 def _check_mesh(c: _Checker, devices: int) -> None:

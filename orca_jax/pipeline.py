@@ -27,7 +27,7 @@ from orca_jax.models.orca import OrcaModel
 from orca_jax.models.swin import Swin
 from orca_jax.ot import pseudo_labels
 from orca_jax.parallel import PreemptionGuard, make_mesh
-from orca_jax.train.align import run_align
+from orca_jax.train.align import load_aligned_embedder, run_align
 from orca_jax.train.objective import TaskObjective, make_objective
 from orca_jax.train.refine import run_refine
 from orca_jax.workdir import RunLock, claim, disk_full, free_space, write_file
@@ -40,7 +40,8 @@ def build_model(config: ConfigDict, task: Task, objective: TaskObjective) -> Orc
     dropout = config.body.dropout if config.body.dropout >= 0 else None
     body = from_pretrained(config.body.checkpoint, param_dtype=param_dtype, dtype=dtype, dropout=dropout)
     rngs = nnx.Rngs(config.seed)
-    init_from_body = config.align.epochs > 0  # the official no-alignment ablation initialises the embedder anew
+    # The official code copies the body's pieces into the embedder when it aligns, and initialises it anew otherwise.
+    init_from_body = {"auto": config.align.epochs > 0, "body": True, "fresh": False}[config.embedder.init]
     if isinstance(body, Swin):
         if task.layout != "NHWC":
             raise ValueError(f"Task {task.name!r} has {task.layout} inputs; a Swin body takes images (NHWC).")
@@ -146,6 +147,13 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
                 "distance_after": result.distance_after,
                 "seconds": result.seconds,
             }
+        if config.refine.init_embedder:
+            if not load_aligned_embedder(model, config.refine.init_embedder, directory=True):
+                raise FileNotFoundError(
+                    f"refine.init_embedder={config.refine.init_embedder!r} is not an aligned_embedder directory that "
+                    "fits this model; give the aligned_embedder/ of a workdir whose run used the same body and task."
+                )
+            summary["init_embedder"] = str(config.refine.init_embedder)
         if config.refine.epochs > 0:
             result = run_refine(model, task, objective, config, mesh=mesh, workdir=workdir, preemption=preemption,
                                 step_offset=max(config.align.epochs, 0))

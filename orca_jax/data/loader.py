@@ -7,7 +7,10 @@ its iterator state (the next batch number) is a few bytes saved in every checkpo
 batches an uninterrupted one would.
 
 Batches have a fixed shape: the last batch of an epoch is padded with copies of its first example and a mask marks
-the real rows, so one compiled step serves the whole run and losses and metrics are exact. Each process reads only
+the real rows, so one compiled step serves the whole run and losses and metrics are exact. For the same reason a
+batch size that does not divide over the devices (the official configs use 1, 4 and 16, a pod has 8 to thousands of
+devices) is padded to `rows_per_batch`, a multiple of the device count: the step computes on the padding rows and
+masks them out, so the update is exactly that of the configured batch size, at the price of the padding's compute. Each process reads only
 its rows of every global batch (`rows`, from `orca_jax.parallel.process_rows`); augmentation (`transform`) is drawn
 per example from (seed, epoch, position in the epoch), so its result does not depend on how many processes share a
 batch. Inputs come out as float32; class ids as int32, other targets as float32.
@@ -33,13 +36,18 @@ class Batches:
     """Batch k of `epochs` passes over `split`: a dict of `x`, `y`, `mask` and `meta` (the split's per-example
     metadata), this process's `rows` of each.
 
-    `seed=None` reads the split in order (evaluation); otherwise each epoch is shuffled with `[seed, epoch]`.
+    `seed=None` reads the split in order (evaluation); otherwise each epoch is shuffled with `[seed, epoch]`. A
+    global batch has `rows_per_batch` rows (default `batch_size`; more: masked padding rows, see the module
+    docstring), of which this process reads `rows`.
     """
 
     def __init__(self, split: Split, batch_size: int, *, epochs: int = 1, seed: int | None = None,
-                 rows: slice = slice(None), transform: Transform | None = None):
+                 rows: slice = slice(None), transform: Transform | None = None, rows_per_batch: int | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be positive.")
+        self.rows_per_batch = rows_per_batch or batch_size
+        if self.rows_per_batch < batch_size:
+            raise ValueError(f"rows_per_batch={rows_per_batch} cannot hold batch_size={batch_size}.")
         if len(split) == 0:
             raise ValueError("Cannot batch an empty split.")
         self.split, self.batch_size, self.epochs, self.seed = split, batch_size, epochs, seed
@@ -62,15 +70,15 @@ class Batches:
         start = step * self.batch_size
         index = self.order(epoch)[start : start + self.batch_size]
         real = len(index)
-        slots = np.arange(start, start + self.batch_size)[self.rows]
-        index = np.concatenate([index, np.full(self.batch_size - real, index[0])])[self.rows]
+        slots = np.arange(start, start + self.rows_per_batch)[self.rows]
+        index = np.concatenate([index, np.full(self.rows_per_batch - real, index[0])])[self.rows]
         x = np.asarray(self.split.x[index]).astype(np.float32, copy=False)
         if self.transform is not None:
             x = x.copy()
             for row, slot in enumerate(slots):
                 x[row : row + 1] = self.transform(x[row : row + 1], np.random.default_rng([self.seed or 0, epoch, slot]))
         y = _as_targets(np.asarray(self.split.y[index]))
-        mask = (np.arange(self.batch_size) < real).astype(np.float32)[self.rows]
+        mask = (np.arange(self.rows_per_batch) < real).astype(np.float32)[self.rows]
         meta = {name: np.asarray(values)[index] for name, values in self.split.meta.items()}
         return {"x": x, "y": y, "mask": mask, "meta": meta}
 

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from orca_jax.data.loader import iterate
 from orca_jax.ot import MMDLoss, OTDDLoss
+from orca_jax.ot.l2 import L2Loss
 from orca_jax.parallel import (
     Preempted,
     PreemptionGuard,
@@ -52,7 +53,7 @@ from orca_jax.train.optimizers import align_learning_rate, make_optimizer, step_
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("otdd-exact", "otdd-gaussian", "mmd", "none")
+OBJECTIVES = ("otdd-exact", "otdd-gaussian", "mmd", "l2", "none")
 EMBEDDER = nnx.All(nnx.Param, nnx.PathContains("embedder"))
 
 
@@ -128,13 +129,15 @@ def build_objective(
         return OTDDLoss.build(src_x, src_y, inner="gaussian", epsilon=epsilon, solver=solver)
     if name == "mmd":
         return MMDLoss.build(src_x)
+    if name == "l2":
+        return L2Loss.build(src_x)
     if name == "none":
         return None
     raise ValueError(f"align objective {name!r} is not one of {OBJECTIVES}.")
 
 
 def objective_value(objective, features, mask, weights, key) -> jax.Array:
-    if isinstance(objective, MMDLoss):
+    if isinstance(objective, (MMDLoss, L2Loss)):  # both compare with a random source sample
         return objective.value(features, mask, weights, key=key)
     return objective.value(features, mask, weights)
 
@@ -328,9 +331,11 @@ def plot_distance_curve(result: AlignResult, path, objective: str) -> None:
     plt.close(fig)
 
 
-def load_aligned_embedder(model: nnx.Module, workdir: epath.PathLike) -> bool:
-    """Restores `workdir/aligned_embedder` into `model.embedder`; False when there is none (or it is damaged)."""
-    restored = load_tree(epath.Path(workdir) / "aligned_embedder", nnx.state(model.embedder, nnx.Param))
+def load_aligned_embedder(model: nnx.Module, path: epath.PathLike, *, directory: bool = False) -> bool:
+    """Restores `path/aligned_embedder` (`path` itself with `directory=True`) into `model.embedder`; False when
+    there is none, or it does not fit (another body or task) or is damaged."""
+    path = epath.Path(path)
+    restored = load_tree(path if directory else path / "aligned_embedder", nnx.state(model.embedder, nnx.Param))
     if restored is None:
         return False
     nnx.update(model.embedder, restored)

@@ -92,6 +92,12 @@ def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, 
     return train, jax.jit(eval_step)
 
 
+def device_rows(batch_size: int, mesh: Mesh) -> int:
+    """Rows of a global batch: `batch_size` rounded up to a multiple of the mesh's devices (the rest is padding)."""
+    devices = mesh.devices.size
+    return -(-batch_size // devices) * devices
+
+
 def _all_rows(local) -> np.ndarray:
     """The whole global batch from every process's rows (a no-op on one process)."""
     if jax.process_count() == 1:
@@ -103,7 +109,8 @@ def evaluate(eval_step, params, frozen, split: Split, batch_size: int, metric: s
     """The split's outputs and targets, from which `.result()` computes the metric over the whole split: each
     process feeds its rows of every batch, and every process collects all outputs and targets."""
     accumulator = MetricAccumulator(metric)
-    batches = Batches(split, batch_size, rows=process_rows(batch_size))
+    rows = device_rows(batch_size, mesh)
+    batches = Batches(split, batch_size, rows=process_rows(rows), rows_per_batch=rows)
     for batch in iterate(batches, threads=data.threads, prefetch=data.prefetch):
         outputs = eval_step(params, frozen, batch_from_process_rows(batch["x"], mesh))
         meta = {name: _all_rows(values) for name, values in batch["meta"].items()}
@@ -126,20 +133,20 @@ def run_refine(
     split's outputs and targets) and, when selecting the best epoch, `refine_best/`.
     """
     workdir = epath.Path(workdir)
-    devices = mesh.shape["data"] * mesh.shape["fsdp"]
     batch_size, seed, refine = config.batch_size, config.seed, config.refine
-    for name in ("batch_size", "eval_batch_size"):
-        if config[name] % devices:
-            raise ValueError(f"{name}={config[name]} does not divide over the mesh's {devices} data-parallel devices.")
+    rows = device_rows(batch_size, mesh)
     notes = []
+    if rows > batch_size:
+        log.info("refine: batch_size=%d runs as %d rows, one or more per device; %d are masked padding", batch_size,
+                 rows, rows - batch_size)
     if len(task.val) < SMALL_VALIDATION:
         notes.append(
             f"the validation split has {len(task.val)} examples (< {SMALL_VALIDATION}): selecting the best epoch on "
             "it is mostly noise; consider refine.select=last or a larger task.val_fraction"
         )
         log.warning("refine: %s", notes[-1])
-    batches = Batches(task.train, batch_size, epochs=refine.epochs, seed=seed, rows=process_rows(batch_size),
-                      transform=task.train_transform)
+    batches = Batches(task.train, batch_size, epochs=refine.epochs, seed=seed, rows=process_rows(rows),
+                      transform=task.train_transform, rows_per_batch=rows)
     steps_per_epoch = batches.steps_per_epoch
     optimizer = make_finetune_optimizer(config.optimizer, refine, steps_per_epoch)
     graphdef, params, frozen = nnx.split(model, nnx.All(nnx.Param, trainable_filter(refine.finetune_method)), ...)

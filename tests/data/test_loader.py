@@ -87,3 +87,14 @@ def test_rows_read_lazily_in_ascending_order(tmp_path):
     np.testing.assert_array_equal(rows[np.array([2, 0, 1])], base[[15, 9, 3]])
     assert np.all(np.diff(reads[-1]) > 0)
     np.testing.assert_array_equal(np.asarray(rows), base[[9, 3, 15, 4]])
+
+
+def test_a_batch_that_does_not_divide_over_the_devices_gets_masked_rows():
+    batches = Batches(_split(), 3, epochs=1, seed=0, rows_per_batch=8)
+    assert len(batches) == 4  # steps follow the batch size, not the padded rows
+    first = batches[0]
+    assert first["x"].shape == (8, 1)
+    np.testing.assert_array_equal(first["mask"], [1, 1, 1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(batches[3]["mask"], [1, 0, 0, 0, 0, 0, 0, 0])  # 10 = 3 + 3 + 3 + 1
+    with pytest.raises(ValueError, match="rows_per_batch=2 cannot hold batch_size=3"):
+        Batches(_split(), 3, rows_per_batch=2)

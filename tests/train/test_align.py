@@ -171,3 +171,23 @@ def test_chunked_classes_bound_the_align_steps_memory_and_equal_the_unchunked_st
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(a).max()))  # summation order
+
+
+def test_l2_objective_is_the_mean_distance_to_randomly_paired_source_points():
+    from orca_jax.ot.l2 import L2Loss
+
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(50, 6)).astype(np.float32)
+    tgt = rng.normal(size=(3, 5, 6)).astype(np.float32)
+    mask = np.ones((3, 5), bool)
+    mask[2, 3:] = False
+    tgt[2, 3:] = np.nan  # padding may hold anything
+    weights = np.array([0.5, 0.3, 0.2], np.float32)
+    key = jax.random.key(3)
+    idx = np.asarray(jax.random.randint(key, (3, 5), 0, 50))
+    expected = sum(w * np.mean(np.linalg.norm(tgt[c][mask[c]] - src[idx[c][mask[c]]], axis=1))
+                   for c, w in enumerate(weights))
+    loss = L2Loss.build(src)
+    np.testing.assert_allclose(float(loss.value(tgt, mask, weights, key=key)), expected, rtol=1e-5)
+    grad = jax.grad(lambda x: loss.value(x, mask, weights, key=key))(np.nan_to_num(tgt))
+    assert np.isfinite(grad).all() and np.all(grad[2, 3:] == 0)
