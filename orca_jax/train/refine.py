@@ -1,18 +1,21 @@
 """ORCA's refine stage: fine-tune embedder, body and head on the task, with jitted steps over the device mesh.
 
-- Steps are pure functions of pytrees (the model split once into parameters), jitted with explicit shardings:
-  parameters and optimizer state replicated over the mesh, each batch sharded over its data axes. Batches come from
-  grain (`orca_jax.data.loader`) with a fixed shape: the last, partial batch of an epoch is padded and masked, so one
-  program serves the whole run and the loss of the padded batch is exact.
+- Steps are pure functions of pytrees (the model split once into trainable and frozen parameters; only the
+  trainable ones are differentiated), jitted with explicit shardings: parameters and optimizer state laid out by the
+  config's partition rules (`orca_jax.parallel.sharding`: replicated, or split over the `fsdp` axis), each batch
+  sharded over all devices. Batches come from grain (`orca_jax.data.loader`) with a fixed shape: the last, partial
+  batch of an epoch, and any batch that does not divide over the devices, is padded and masked, so one program
+  serves the whole run and the loss is exactly that of the real examples.
 - The loss, the outputs' shape and units, and the metric are the task's (`objective.TaskObjective`).
 - The optimizer is the official update rule (`finetune.make_finetune_optimizer`): per-micro-batch warm-up and decay,
   summed accumulation, clipping, fine-tune modes as masks.
 - Model selection is on the validation split carved from the training data (`refine.select="best"`), or the last
   epoch (`"last"`, for validation splits too small to select on: below `SMALL_VALIDATION` examples the run says so in
   the log and the summary); the test split is evaluated once. Metrics are computed over whole splits.
-- Nothing is lost on a crash: Orbax checkpoints (parameters, optimizer state, the position in the run and the input
-  iterator's state) every `checkpoint_every` epochs and on SIGTERM (then the run exits with status
-  `PREEMPTED_EXIT_CODE`); a restarted run resumes from the latest one and ends where an uninterrupted run ends,
+- Nothing is lost on a crash: Orbax checkpoints (trainable parameters, optimizer state, the position in the run and
+  the input iterator's state) every `checkpoint_every` epochs and on SIGTERM to any process (every process stops at
+  the same step, then exits with status `PREEMPTED_EXIT_CODE`); a restarted run resumes from the newest checkpoint
+  that restores and ends where an uninterrupted run ends,
   because shuffling, augmentation and dropout depend only on (seed, epoch, step). A non-finite training loss stops
   the run at once, naming the epoch and step, with the last good checkpoint kept.
 """
