@@ -1,0 +1,51 @@
+"""Runs a named sweep of config overrides over seeds and reports means with 95 % Student-t intervals.
+
+    python scripts/sweep.py --config=configs/X.py[:variant] --sweep=ablations --seeds=0,1,2 --workdir=DIR
+    python scripts/sweep.py --config=configs/demo.py --sweep=objectives --variants=otdd-annealed,no-align \\
+        --seeds=0,1,2 --workdir=DIR --config.refine.epochs=8
+
+`--config.<field>=<value>` overrides apply to every run; the sweep's variants and `--seeds` are set on top. Each
+run lives in `DIR/<variant>/seed<k>`; rerunning the command skips finished runs and resumes interrupted ones. The
+answer is `DIR/results.md` (with `results.csv`, `runs.csv`, `distance_vs_metric.png`, `results_bars.png`). Sweeps
+and their variants: `orca_jax/sweep.py` (`SWEEPS`). Exit status: 0 every run finished; 1 some failed (their errors
+are in the reports; the others ran); 2 the sweep cannot start (unknown sweep, variant or seeds); 75 stopped by
+SIGTERM after a checkpoint (rerun to resume).
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from orca_jax.parallel import initialize_distributed, is_main_process
+from orca_jax.sweep import SWEEPS, run_sweep, select_variants
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_SWEEP = flags.DEFINE_enum("sweep", None, sorted(SWEEPS), "A built-in sweep of orca_jax/sweep.py.")
+_VARIANTS = flags.DEFINE_list("variants", [], "A subset of the sweep's variants (those they align from are added).")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds, comma-separated.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep: one sub-workdir per run, and the reports.")
+flags.mark_flags_as_required(["config", "sweep", "workdir"])
+
+
+def main(argv):
+    del argv
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("orca_jax").setLevel(logging.INFO)
+    initialize_distributed()
+    try:
+        variants = select_variants(SWEEPS[_SWEEP.value], _VARIANTS.value)
+        seeds = [int(s) for s in _SEEDS.value]
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    records = run_sweep(_CONFIG.value, variants, seeds, _WORKDIR.value)
+    if is_main_process():
+        print(f"results: {_WORKDIR.value}/results.md")
+    sys.exit(1 if any(r.status == "failed" for r in records) else 0)
+
+
+if __name__ == "__main__":
+    app.run(main)
