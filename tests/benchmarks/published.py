@@ -180,7 +180,8 @@ def write_psicov(root: Path, lengths: dict[str, list[int]]) -> dict:
     return out
 
 
-COSMIC_FIELDS = {"train": ("10760_2", "9490_a3", "10595_2"), "test": ("13737_2", "10631_3")}  # 10595_2, 10631_3: not GAL
+# Galaxy fields, and one field of another type per split (10595_2, 10631_3), which the official selection drops.
+COSMIC_FIELDS = {"train": ("10760_2", "9490_a3", "10595_2"), "test": ("13737_2", "10631_3")}
 
 
 def write_cosmic(root: Path, per_visit: int = 3, seed: int = 0) -> dict:

@@ -113,7 +113,8 @@ def test_psicov_examples_are_built_lazily_in_the_official_window(tmp_path):
     features, distances = proteins["de001"]
     x, y = data.train.x[1], data.train.y[1]
     p, q = 3, 17  # residues; the window holds the protein at +5
-    assert x[5 + p, 5 + q, 0] == np.float32(features["ss"][0][q]) and x[5 + p, 5 + q, 1] == np.float32(features["ss"][0][p])
+    assert x[5 + p, 5 + q, 0] == np.float32(features["ss"][0][q])  # a row map ...
+    assert x[5 + p, 5 + q, 1] == np.float32(features["ss"][0][p])  # ... and its transpose
     assert x[5 + p, 5 + q, 6 + 2 * 21] == np.float32(features["pssm"][q, 21])
     assert x[5 + p, 5 + q, 56] == np.float32(features["potential"][p, q])
     assert not x[:5].any() and not x[45:].any()

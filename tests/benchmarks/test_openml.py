@@ -13,12 +13,12 @@ from tests.benchmarks import published
 N = 40
 
 
-def write_numeric(root, dataset_id=1510):
+def write_numeric(root, dataset_id=1510, rows=N):
     """Numeric features (one with a missing value: dropped), a nominal target with one missing label."""
     rng = np.random.default_rng(0)
-    columns = {"a": rng.normal(size=N).round(3).tolist(), "b": rng.normal(size=N).round(3).tolist(),
-               "gap": [1.0, None] + [1.0] * (N - 2), "c": [1.5] * N,
-               "Class": [None] + [("no", "yes")[i % 2] for i in range(N - 1)]}
+    columns = {"a": rng.normal(size=rows).round(3).tolist(), "b": rng.normal(size=rows).round(3).tolist(),
+               "gap": [1.0, None] + [1.0] * (rows - 2), "c": [1.5] * rows,
+               "Class": [None] + [("no", "yes")[i % 2] for i in range(rows - 1)]}
     kinds = {"a": ("numeric",), "b": ("numeric",), "gap": ("numeric",), "c": ("numeric",),
              "Class": ("nominal", ("no", "yes"))}
     published.write_openml(root, dataset_id, columns, kinds, "Class")

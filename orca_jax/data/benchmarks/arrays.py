@@ -1,10 +1,10 @@
 """Lazy arrays over benchmark files: split arrays that read only the rows a batch asks for.
 
 Every class here follows the split-array protocol of `orca_jax.data.tasks` (`shape`, `dtype`, `len()`, indexing by
-an integer, an integer array of rows or a slice, `__array__` for small arrays), so a benchmark of any size runs: PSICOV's
-inputs would be ~200 GB as float32, FSD50K's and PDEBench's several GB. Rows are read in ascending order and each
-distinct row once (HDF5 and zip members are fastest that way, and h5py refuses unsorted or repeated indices), then
-put back in the order asked for.
+an integer, an integer array of rows or a slice, `__array__` for small arrays), so a benchmark of any size runs:
+PSICOV's inputs would be ~200 GB as float32, FSD50K's and PDEBench's several GB. Rows are read in ascending order
+and each distinct row once (HDF5 and zip members are fastest that way, and h5py refuses unsorted or repeated
+indices), then put back in the order asked for.
 
 Readers hold file names, not open handles, so they pickle to grain's worker processes; each process opens a file on
 its first read.

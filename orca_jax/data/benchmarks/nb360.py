@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from orca_jax.data.benchmarks.arrays import Concat, Mapped, PerExample, npy_memmap, npz_arrays
-from orca_jax.data.benchmarks.files import CorruptFile, MissingFile, corrupt, data_root, require
+from orca_jax.data.benchmarks.files import MissingFile, corrupt, data_root, require
 from orca_jax.data.image_sources import augment
 from orca_jax.data.tasks import Split, TaskData
 
@@ -649,7 +649,8 @@ class FsdAugment:
         if clip.shape[1] < FSD_FRAMES:
             pad = FSD_FRAMES - clip.shape[1]
             widths = ((0, 0), (pad // 2, pad - pad // 2))
-            clip = np.pad(clip, widths, "wrap") if rng.random() < 0.5 else np.pad(clip, widths, constant_values=clip.min())
+            wrap = rng.random() < 0.5
+            clip = np.pad(clip, widths, "wrap") if wrap else np.pad(clip, widths, constant_values=clip.min())
         if rng.random() < 0.5:
             clip = spec_augment(clip, rng)
         start = rng.integers(clip.shape[1] - FSD_FRAMES + 1)

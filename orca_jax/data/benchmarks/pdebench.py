@@ -1,17 +1,21 @@
 """PDEBench's nine ORCA tasks from the published HDF5 files: map the initial condition to the solution at one later
 time, as the official ORCA code does (its `load_pde`), read lazily through h5py.
 
-| task | file | input | target (time index) | official split |
-|---|---|---|---|---|
-| pde_advection | 1D_Advection_Sols_beta0.4.hdf5 | u(t0) every 4th point [256, 1] | u, last (t 200) | first 10 % test |
-| pde_burgers | 1D_Burgers_Sols_Nu1.0.hdf5 | u(t0) [1024, 1] | u, last (t 200) | first 10 % test |
-| pde_reaction_diffusion | ReacDiff_Nu0.5_Rho1.0.hdf5 | u(t0) [1024, 1] | u at t index 29 | first 10 % test |
-| pde_diffusion_sorption | 1D_diff-sorp_NA_NA.h5 (a group per sample) | u(t0) [1024, 1] | u, last (t 100) | last 10 % test |
-| pde_cfd_1d | 1D_CFD_Rand_Eta0.1_Zeta0.1_periodic_Train.hdf5 | density, pressure, Vx at t0, concatenated [3072, 1] | same fields, last (t 100) | first 10 % test |
-| pde_darcy | 2D_DarcyFlow_beta0.1_Train.hdf5 | nu, every 2nd point [64, 64, 1] | u [64, 64] | first 10 % test |
-| pde_shallow_water | 2D_rdb_NA_NA.h5 (groups) | h(t0) [128, 128, 1] | h, last (t 100) | last 10 % test |
-| pde_reaction_diffusion_2d | 2D_diff-react_NA_NA.h5 (groups) | u(t0) [128, 128, 1] | v (not u), last (t 100) | last 10 % test |
-| pde_cfd_2d | 2D_CFD_Rand_M1.0_Eta0.1_Zeta0.1_periodic_128_Train.hdf5 | density, pressure, Vx, Vy at t0, every 2nd point [64, 64, 4] | same fields, last (t 20) [64, 64, 4] | last 10 % test |
+- pde_advection: `1D_Advection_Sols_beta0.4.hdf5`, u(t0) on every 4th point [256, 1] -> u at the last step
+  (t 200); the first 10 % of samples test.
+- pde_burgers: `1D_Burgers_Sols_Nu1.0.hdf5`, u(t0) [1024, 1] -> u at t 200; first 10 % test.
+- pde_reaction_diffusion: `ReacDiff_Nu0.5_Rho1.0.hdf5`, u(t0) [1024, 1] -> u at time index 29 (not the last);
+  first 10 % test.
+- pde_diffusion_sorption: `1D_diff-sorp_NA_NA.h5` (a group per sample), u(t0) [1024, 1] -> u at t 100; the last
+  10 % test.
+- pde_cfd_1d: `1D_CFD_Rand_Eta0.1_Zeta0.1_periodic_Train.hdf5`, density, pressure and Vx at t0 concatenated
+  [3072, 1] -> the same at t 100; first 10 % test.
+- pde_darcy: `2D_DarcyFlow_beta0.1_Train.hdf5`, nu on every 2nd point [64, 64, 1] -> u [64, 64]; first 10 % test.
+- pde_shallow_water: `2D_rdb_NA_NA.h5` (groups), h(t0) [128, 128, 1] -> h at t 100; last 10 % test.
+- pde_reaction_diffusion_2d: `2D_diff-react_NA_NA.h5` (groups), u(t0) [128, 128, 1] -> v (not u) at t 100; last
+  10 % test.
+- pde_cfd_2d: `2D_CFD_Rand_M1.0_Eta0.1_Zeta0.1_periodic_128_Train.hdf5`, density, pressure, Vx, Vy at t0 on every
+  2nd point [64, 64, 4] -> the same at t 20 [64, 64, 4]; last 10 % test.
 
 Time indices follow the official rule: the file's time axis is subsampled by the task's time step, `t_train` is
 capped at the number of kept steps, and the target is kept step `t_train - 1` (Burgers and Advection keep every
