@@ -35,14 +35,14 @@ def task_name(dataset_id: int) -> str:
 
 def fetch_dataset(dataset_id: int, data_dir=None, *, download: bool):
     """The `openml` dataset object from the cache under `DATA/openml` (`download`: fetch what the cache lacks)."""
-    import openml
-
     cache = data_root(data_dir) / "openml"
-    openml.config.set_root_cache_directory(str(cache))
-    dataset_dir = cache / "org" / "openml" / "www" / "datasets" / str(dataset_id)
+    dataset_dir = cache / "org" / "openml" / "www" / "datasets" / str(dataset_id)  # the package's cache layout
     if not download and not (dataset_dir / "description.xml").is_file():
         raise MissingFile(f"Task {task_name(dataset_id)!r}: OpenML dataset {dataset_id} is not in the cache "
                           f"{dataset_dir}. Run `{prepare_command(task_name(dataset_id), data_dir)}`.")
+    import openml
+
+    openml.config.set_root_cache_directory(str(cache))
     return openml.datasets.get_dataset(dataset_id, download_data=True, download_qualities=False,
                                        download_features_meta_data=True)
 
