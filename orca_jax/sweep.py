@@ -173,6 +173,7 @@ def _wall_seconds(directory: epath.Path, add: float | None = None) -> float | No
     record = json.loads(path.read_text()) if path.exists() else {"wall_seconds": 0.0, "attempts": 0}
     if add is not None:
         record = {"wall_seconds": record["wall_seconds"] + add, "attempts": record["attempts"] + 1}
+        directory.mkdir(parents=True, exist_ok=True)  # a run can fail before creating its workdir (a config error)
         write_file(path, json.dumps(record))
     return record["wall_seconds"] if record["attempts"] else None
 
@@ -183,7 +184,7 @@ def _error_text(error: BaseException) -> str:
 
 def _one_run(config, variant: Variant, seed: int, workdir, records: dict, run_fn: Callable) -> RunRecord:
     directory = run_dir(workdir, variant.name, seed)
-    fields = dict(variant=variant.name, seed=seed, align_from=variant.align_from)
+    fields = {"variant": variant.name, "seed": seed, "align_from": variant.align_from}
     base = records.get((variant.align_from, seed))
     if base is not None and base.status == "failed":
         return RunRecord(**fields, status="failed", error=f"needs the aligned embedder of {variant.align_from} "
@@ -218,7 +219,8 @@ def _progress(i: int, total: int, record: RunRecord) -> str:
         how = "finished earlier, skipped"
     else:
         how = f"done in {record.wall_seconds:.0f} s"
-    return head + f"{how}: test {record.metric} {_fmt(record.test)}, final distance {_fmt(record.distance)}"
+    test = f"test {record.metric} {_fmt(record.test)}, " if record.metric else ""
+    return head + f"{how}: {test}final distance {_fmt(record.distance)}"
 
 
 def run_sweep(
@@ -363,11 +365,12 @@ def results_markdown(records: Sequence[RunRecord], rows: Sequence[dict], confide
     lines = [
         "# Sweep results",
         "",
-        f"{len(records)} runs: {len(rows)} variants x seeds {', '.join(map(str, seeds))}. Each cell is the mean over "
-        f"the seeds whose run finished, then the {confidence:.0%} interval [low, high] from Student's t with n - 1 "
-        "degrees of freedom (mean ± t·s/√n; none for a single run); (n=k) where fewer runs report the number. "
-        f"Metric: {metric_phrase(metrics)}. Final distance: the align stage's distance_after (variants refined from "
-        "another's aligned embedder report that run's; their wall time excludes that alignment).",
+        (f"{len(records)} runs: {len(rows)} variants x seeds {', '.join(map(str, seeds))}. Each cell is the mean over "
+         f"the seeds whose run finished, then the {confidence:.0%} interval [low, high] from Student's t with n - 1 "
+         "degrees of freedom (mean ± t·s/√n; none for a single run); (n=k) where fewer runs report the number. "
+         f"Metric: {metric_phrase(metrics)}. Final distance: the align stage's distance_after (variants refined from "
+         "another's aligned embedder report that run's). Wall time: seconds in pipeline.run over all attempts, "
+         "loading and compiling included (a refine-only variant's excludes the alignment it starts from)."),
         "",
     ]
     names = quantity_labels(metric)

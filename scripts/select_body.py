@@ -21,7 +21,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from orca_jax.parallel import initialize_distributed, is_main_process
-from orca_jax.sweep import select_bodies, ranking_markdown
+from orca_jax.sweep import ranking_markdown, select_bodies
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _BODIES = flags.DEFINE_list("bodies", None, "Candidate bodies: hub ids or checkpoint directories, comma-separated.")

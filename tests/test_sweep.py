@@ -99,7 +99,8 @@ def test_reports_from_fake_summaries(tmp_path):
 
 class StubRun:
     """Stands in for pipeline.run: records each call's config, writes what the harness reads (config.json,
-    summary.json, aligned_embedder/), and fails for the (variant, seed) pairs in `fail`."""
+    summary.json, aligned_embedder/), and fails for the (variant, seed) pairs in `fail` before creating the workdir,
+    as a config error does."""
 
     def __init__(self, fail=()):
         self.calls, self.fail = [], set(fail)
@@ -107,11 +108,11 @@ class StubRun:
     def __call__(self, config, workdir):
         variant, seed = Path(workdir).parent.name, config.seed
         self.calls.append((variant, seed, config))
+        if (variant, seed) in self.fail:
+            raise RuntimeError(f"stub failure of {variant} seed {seed}")
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-        if (variant, seed) in self.fail:
-            raise RuntimeError(f"stub failure of {variant} seed {seed}")
         if config.align.epochs > 0:
             (workdir / "aligned_embedder").mkdir(exist_ok=True)
         distance = 10.0 + seed if config.align.epochs > 0 else None
