@@ -42,7 +42,7 @@ from scipy import stats
 
 from orca_jax.data.source_features import load_or_compute
 from orca_jax.parallel import is_main_process
-from orca_jax.pipeline import DiskFullError, run
+from orca_jax.pipeline import DiskFullError, run, strict_json
 from orca_jax.train.metrics import METRICS
 from orca_jax.workdir import CONFIG_FILE, write_file
 
@@ -530,7 +530,7 @@ def select_bodies(
         records = run_sweep(config, [by_name[e["name"]] for e in chosen], sweep_seeds, workdir / "sweep",
                             run_fn=run_fn)
         add_sweep_results(ranking, aggregate(records))
-    write_file(workdir / "ranking.json", json.dumps(ranking, indent=2))
+    write_file(workdir / "ranking.json", json.dumps(strict_json(ranking), indent=2, allow_nan=False))
     write_file(workdir / "ranking.md", ranking_markdown(ranking, config.align.objective, align_epochs))
     return ranking
 

@@ -23,6 +23,7 @@ from orca_jax.sweep import (
     check_variants,
     run_config,
     run_sweep,
+    select_bodies,
     select_variants,
     t_interval,
     write_reports,
@@ -210,6 +211,32 @@ def test_ranking_rank_by_test_follows_the_metric_direction():
     ranking = [{"name": "a", "rank": 1}, {"name": "b", "rank": 2}, {"name": "c", "rank": 3}]
     add_sweep_results(ranking, rows)
     assert [e.get("sweep", {}).get("rank_by_test") for e in ranking] == [2, 1, None]  # lower nrmse is better
+
+
+def test_select_bodies_ranks_then_sweeps_the_top_bodies(tmp_path, monkeypatch):
+    distances = {"/b/small": 3.0, "/a/large": 9.0, "hub/mid": 5.0}
+
+    def short_or_full(config, workdir):  # a short alignment gives the body's distance; a full run adds a test metric
+        stub = StubRun()
+        summary = stub(config, workdir)
+        summary["align"]["distance_after"] = distances[config.body.checkpoint]
+        if config.refine.epochs == 0:
+            del summary["refine"]
+        (Path(workdir) / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    monkeypatch.setattr("orca_jax.sweep.source_scale", lambda config: 2.0)
+    ranking = select_bodies(_config(), list(distances), tmp_path, align_epochs=3, sweep_seeds=[0], top_k=2,
+                            run_fn=short_or_full)
+    assert [(e["name"], e["rank"], e["distance_after"]) for e in ranking] == [
+        ("small", 1, 3.0), ("mid", 2, 5.0), ("large", 3, 9.0)]
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["mid", "small"]
+    saved = json.loads((tmp_path / "ranking.json").read_text())  # strict JSON: one seed's interval is null
+    assert saved[0]["sweep"]["test_ci_low"] is None and saved[0]["sweep"]["rank_by_test"] == 1
+    assert "sweep" not in saved[2]
+    md = (tmp_path / "ranking.md").read_text()
+    assert "| 1 | small (`/b/small`) | 20 | 3 | 2 | 1.5 | 0.5 (n=1) | 1 |" in md
+    assert "| 3 | large (`/a/large`) | 20 | 9 | 2 | 4.5 | not run | – |" in md
 
 
 # ------------------------------------------------------------------------------------------- real runs, tiny
