@@ -18,6 +18,7 @@ from orca_jax.parallel.sharding import DEFAULT_RULES, MIN_SHARD_BYTES
 # body.param_dtype / body.dtype names.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 EMBEDDER_INITS = ("auto", "body", "fresh")  # embedder.init
+BODY_INITS = ("pretrained", "random")  # body.init
 
 
 def base_config() -> ConfigDict:
@@ -43,7 +44,11 @@ def base_config() -> ConfigDict:
     # convolutions (bfloat16 for speed on accelerators; softmax and layer-norm statistics stay float32). dropout: the
     # body's hidden and attention dropout (the official drop_out; 0 in the NAS-Bench-360 and PDE configs), < 0 keeps
     # the checkpoint's.
-    c.body = ConfigDict(dict(checkpoint="roberta-base", param_dtype="float32", dtype="float32", dropout=-1.0))
+    # init: pretrained, or random (the checkpoint's architecture freshly initialised with `seed`: the baseline that
+    # shows what pretraining contributes).
+    c.body = ConfigDict(
+        dict(checkpoint="roberta-base", init="pretrained", param_dtype="float32", dtype="float32", dropout=-1.0)
+    )
     # target_seq_len: most tokens a 1D input becomes (official default 512); antialias: 2D resize (see embedders).
     # init: auto (official: copied from the body when the align stage runs, fresh otherwise) | body | fresh; "body"
     # without alignment separates what the body's initialisation gives from what alignment gives.

@@ -28,7 +28,7 @@ import jax
 from jax.sharding import AbstractMesh
 from ml_collections import ConfigDict
 
-from orca_jax.config import DTYPES, EMBEDDER_INITS
+from orca_jax.config import BODY_INITS, DTYPES, EMBEDDER_INITS
 from orca_jax.data.kinds import CLASS_WEIGHTINGS, TASK_KINDS
 from orca_jax.data.sources import SOURCES
 from orca_jax.data.tasks import TASK_LOADERS, scheme_loader
@@ -223,6 +223,7 @@ def _body_modality(c: _Checker) -> str | None:
 
 def _check_body(c: _Checker, align: bool) -> None:
     modality = _body_modality(c)
+    c.choice("body.init", BODY_INITS)
     c.choice("body.param_dtype", DTYPES)
     c.choice("body.dtype", DTYPES)
     dropout = c.value("body.dropout")

@@ -20,7 +20,7 @@ from orca_jax.config_checks import check_config
 from orca_jax.data.source_features import load_or_compute
 from orca_jax.data.kinds import get_task_kind
 from orca_jax.data.tasks import Task, check_task, load_task
-from orca_jax.models import from_pretrained
+from orca_jax.models.pretrained import load_checkpoint
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
 from orca_jax.models.heads import ClassificationHead, ImageDenseHead, SequenceDenseHead
 from orca_jax.models.orca import OrcaModel
@@ -38,7 +38,10 @@ def build_model(config: ConfigDict, task: Task, objective: TaskObjective) -> Orc
     """The pretrained body wrapped with the embedder for the task's input layout and the head of its kind."""
     param_dtype, dtype = DTYPES[config.body.param_dtype], DTYPES[config.body.dtype]
     dropout = config.body.dropout if config.body.dropout >= 0 else None
-    body = from_pretrained(config.body.checkpoint, param_dtype=param_dtype, dtype=dtype, dropout=dropout)
+    loaded = load_checkpoint(config.body.checkpoint, param_dtype=param_dtype, dtype=dtype, dropout=dropout)
+    body = loaded.model
+    if config.body.init == "random":  # the architecture alone: Flax's default initialisers, seeded by the run
+        body = type(body)(loaded.config, param_dtype=param_dtype, dtype=dtype, rngs=nnx.Rngs(config.seed))
     rngs = nnx.Rngs(config.seed)
     # The official code copies the body's pieces into the embedder when it aligns, and initialises it anew otherwise.
     init_from_body = {"auto": config.align.epochs > 0, "body": True, "fresh": False}[config.embedder.init]
@@ -177,6 +180,7 @@ def load_source_features(config: ConfigDict, model: OrcaModel):
     source = load_or_compute(
         config.body.checkpoint, config.source.name, size=config.source.size, seed=config.source.seed,
         cache_dir=config.source.cache_dir or None, data_dir=config.source.data_dir or None, body=model.body,
+        weights="pretrained" if config.body.init == "pretrained" else f"random-seed{config.seed}",
     )
     if len(np.unique(source.features, axis=0)) < 2:
         raise ValueError(

@@ -89,3 +89,32 @@ def test_demo_smoke_aligns_then_refines(tmp_path):
     refine = summary["refine"]
     assert refine["metric"] == "accuracy" and 0.0 <= refine["test_accuracy"] <= 1.0
     assert (tmp_path / "work" / "refine_metrics.jsonl").is_file() and (tmp_path / "work" / "refine_best").is_dir()
+
+
+def test_a_random_body_has_the_architecture_not_the_weights(tmp_path):
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from orca_jax.config import load_config_file
+    from orca_jax.data import task_from_arrays
+    from orca_jax.data.source_features import cache_key
+    from orca_jax.pipeline import build_model
+    from orca_jax.train.objective import make_objective
+    from tests.text_checkpoints import save_tiny_text_model
+
+    body_dir = save_tiny_text_model("roberta", tmp_path / "body", tokenizer=True)
+    x = np.random.default_rng(0).normal(size=(40, 12, 2)).astype(np.float32)
+    task = task_from_arrays(x, np.arange(40) % 2)
+    config = load_config_file(ROOT / "configs" / "own_data.py", "smoke")
+    config.body.checkpoint = str(body_dir)
+    models = {}
+    for init in ("pretrained", "random"):
+        config.body.init = init
+        models[init] = build_model(config, task, make_objective(task, config.task))
+    pretrained, random = (jax.tree.leaves(nnx.state(models[k].body, nnx.Param)) for k in ("pretrained", "random"))
+    assert [a.shape for a in pretrained] == [b.shape for b in random]
+    assert sum(not np.array_equal(a, b) for a, b in zip(pretrained, random)) > len(pretrained) // 2
+    # Their source features are cached apart.
+    keys = [cache_key(body_dir, "python_docs", size=10, seed=0, weights=w) for w in ("pretrained", "random-seed0")]
+    assert keys[0] != keys[1]

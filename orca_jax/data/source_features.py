@@ -163,8 +163,10 @@ def _body_id(checkpoint: str | os.PathLike) -> str:
     return str(path.resolve()) if path.is_dir() else str(checkpoint)
 
 
-def cache_key(checkpoint: str | os.PathLike, source: str, *, size: int | None, seed: int) -> dict:
-    """Everything that decides the cached features: body (id or directory, config hash), source, size, seed."""
+def cache_key(checkpoint: str | os.PathLike, source: str, *, size: int | None, seed: int, weights: str = "pretrained"
+              ) -> dict:
+    """Everything that decides the cached features: body (id or directory, config hash, and `weights`:
+    "pretrained", or a tag of other weights such as a random initialisation's seed), source, size, seed."""
     spec = source_spec(source)
     config_bytes = json.dumps(read_config(resolve_checkpoint(checkpoint)), sort_keys=True).encode()
     key = {
@@ -176,6 +178,8 @@ def cache_key(checkpoint: str | os.PathLike, source: str, *, size: int | None, s
         "seed": int(seed),
         **spec.cache_tags(),
     }
+    if weights != "pretrained":  # keys of pretrained bodies keep their earlier form, so existing caches stay valid
+        key["weights"] = weights
     if spec.modality == "text":
         key["text_max_length"] = TEXT_MAX_LENGTH
     return key
@@ -227,15 +231,17 @@ def load_or_compute(
     batch_size: int | None = None,
     progress: bool = True,
     body: TextEncoder | Swin | None = None,
+    weights: str = "pretrained",
 ) -> SourceFeatures:
     """Source features of `source` under the body of `checkpoint` (hub id or snapshot directory), cached.
 
     Returns float32 features [N, D] and int32 labels [N] of the first `size` source examples after a shuffle
     seeded by `seed` (fewer if the source is smaller). On a cache miss the body is loaded from `checkpoint`, unless
     `body` passes it already loaded (it must be that checkpoint's body: the cache is keyed on `checkpoint`).
-    `data_dir` is the tensorflow-datasets data directory for the tfds sources.
+    `data_dir` is the tensorflow-datasets data directory for the tfds sources. A body with other weights than the
+    checkpoint's (a random initialisation) passes `body` and names its weights in `weights`.
     """
-    key = cache_key(checkpoint, source, size=size, seed=seed)
+    key = cache_key(checkpoint, source, size=size, seed=seed, weights=weights)
     npz_path, json_path = cache_paths(key, cache_dir)
     cached = _read_cache(key, npz_path, json_path)
     if cached is not None:
