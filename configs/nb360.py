@@ -47,9 +47,10 @@ TASK_OPTIONS = {
     "fsd50k": dict(pos_weight=10.0),
 }
 EVAL_BATCH_SIZE = {"psicov": 8}  # 512 x 512 x 57 inputs: 60 MB each
+SMOKE_TRAIN_SIZE = {"cifar100": 64, "spherical": 64}  # 100 classes: enough examples for some class to have two
 
 
 def get_config(arg=None):
     task, smoke = parse_variant(arg, list(OFFICIAL), "ecg", "configs/nb360.py")
     return official_config(task, OFFICIAL[task], smoke=smoke, eval_batch_size=EVAL_BATCH_SIZE.get(task, 64),
-                           **TASK_OPTIONS.get(task, {}))
+                           smoke_train_size=SMOKE_TRAIN_SIZE.get(task, 16), **TASK_OPTIONS.get(task, {}))

@@ -142,6 +142,7 @@ def test_the_smoke_switch_keeps_the_task_and_shrinks_the_run():
         "python_docs", 16, 8, 32)
     assert (smoke.align.epochs, smoke.refine.epochs) == (1, 1)
     assert config_of("nb360:cosmic", smoke=True).source.name == "digits"
+    assert config_of("nb360:cifar100", smoke=True).task.train_size == 64  # 100 classes: some class needs two
 
 
 @pytest.fixture(scope="module")
