@@ -98,11 +98,27 @@ class StageCheckpoints:
         self.manager.close()
 
 
+class TreeWriter:
+    """Writes a single pytree (the best parameters, the aligned embedder) to `path`, replacing it whole, collectively
+    and in the background: `save` returns once the arrays are copied off the devices (they may then be donated), the
+    files are written while training goes on, and `wait` (or the next `save`) blocks until they are on disk."""
+
+    def __init__(self, path: epath.PathLike):
+        self.path, self.checkpointer = epath.Path(path), ocp.StandardCheckpointer()
+
+    def save(self, tree) -> None:
+        self.checkpointer.wait_until_finished()
+        self.checkpointer.save(self.path, tree, force=True)
+
+    def wait(self) -> None:
+        self.checkpointer.wait_until_finished()
+
+
 def save_tree(path: epath.PathLike, tree) -> None:
-    """A single pytree (the aligned embedder, the best parameters), replaced whole and written collectively."""
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(epath.Path(path), tree, force=True)
-    checkpointer.wait_until_finished()
+    """`TreeWriter(path).save(tree)`, returning once it is on disk."""
+    writer = TreeWriter(path)
+    writer.save(tree)
+    writer.wait()
 
 
 def load_tree(path: epath.PathLike, tree_like):

@@ -49,7 +49,7 @@ from orca_jax.parallel import (
     process_rows,
     replicated,
 )
-from orca_jax.train.checkpoints import StageCheckpoints, load_tree, save_tree
+from orca_jax.train.checkpoints import StageCheckpoints, TreeWriter, load_tree
 from orca_jax.train.finetune import make_finetune_optimizer, trainable_filter
 from orca_jax.train.metrics import MetricAccumulator
 from orca_jax.train.objective import TaskObjective
@@ -161,6 +161,7 @@ def run_refine(
 
     checkpoints = StageCheckpoints(workdir / "refine")
     best_dir = workdir / "refine_best"
+    best_writer = TreeWriter(best_dir)
     # Where the run is, and what a restart needs to continue it exactly (a part-done epoch's losses, the input
     # iterator's state).
     position = {"epoch": 0, "step": 0, "losses": [], "history": [], "best_epoch": 0, "best_val": None, "data": None}
@@ -187,6 +188,7 @@ def run_refine(
             first = position["step"] if resuming else 0
             losses = list(position["losses"]) if resuming else []
             stopping = False
+            epoch_start = time.perf_counter()
             bar = tqdm(range(first, steps_per_epoch), total=steps_per_epoch, initial=first,
                        desc=f"refine {epoch + 1}/{refine.epochs}", unit="step", leave=False,
                        disable=not is_main_process())
@@ -199,7 +201,7 @@ def run_refine(
                 )
                 losses.append(float(loss))
                 if not np.isfinite(losses[-1]):
-                    checkpoints.wait()
+                    checkpoints.wait(), best_writer.wait()
                     raise FloatingPointError(
                         f"refine: the training loss is {losses[-1]} at epoch {epoch + 1}, step {step + 1}; stopped "
                         f"without saving (the last good checkpoint, step {checkpoints.latest_step()}, is kept). Lower "
@@ -209,29 +211,34 @@ def run_refine(
                 if guard.should_stop(step_offset + global_step):
                     if step + 1 < steps_per_epoch:
                         save(epoch, step + 1, losses, inputs.get_state())
-                        checkpoints.wait()
+                        checkpoints.wait(), best_writer.wait()
                         raise Preempted(f"refine stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; rerun "
                                         "the same command to resume")
                     stopping = True  # on an epoch's last step the epoch finishes: its checkpoint is the stop's
+            steps_end = time.perf_counter()
             val = evaluate(eval_step, params, frozen, task.val, config.eval_batch_size, objective.metric, mesh,
                            data).result()
+            # seconds: since the stage (re)started; step_seconds: this epoch's training steps, the rest being
+            # evaluation and bookkeeping.
             record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
-                      f"val_{objective.metric}": val, "seconds": time.perf_counter() - t0}
+                      f"val_{objective.metric}": val, "seconds": time.perf_counter() - t0,
+                      "step_seconds": steps_end - epoch_start}
             position["history"].append(record)
             run_log.write(position["history"])
             if position["best_val"] is None or sign * val > sign * position["best_val"]:
                 position.update(best_epoch=epoch + 1, best_val=val)
                 if refine.select == "best":
-                    save_tree(best_dir, params)
+                    best_writer.save(params)
             log.info("refine epoch %d: %s", epoch + 1, record)
             last = epoch + 1 == refine.epochs
             if (epoch + 1) % refine.checkpoint_every == 0 or last or stopping:
                 save(epoch + 1, 0, [], inputs.get_state())
             if stopping and not last:
-                checkpoints.wait()
+                checkpoints.wait(), best_writer.wait()
                 raise Preempted(f"refine stopped by SIGTERM at the end of epoch {epoch + 1}; rerun the same command "
                                 "to resume")
     checkpoints.wait()
+    best_writer.wait()
     run_log.close()
     seconds = time.perf_counter() - t0
     if refine.select not in REFINE_SELECTIONS:
