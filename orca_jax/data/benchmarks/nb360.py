@@ -322,8 +322,8 @@ def protein_features(features: dict) -> np.ndarray:
 
 
 def _protein_input(paths: list[Path], offsets: list, row: int) -> np.ndarray:
-    features = pickle.load(open(paths[row], "rb"))
-    pair = protein_features(features)
+    with open(paths[row], "rb") as f:
+        pair = protein_features(pickle.load(f))
     length, half = len(pair), PSICOV_PAD // 2
     padded = np.zeros((length + PSICOV_PAD, length + PSICOV_PAD, PSICOV_CHANNELS), np.float32)
     padded[half : half + length, half : half + length] = pair
@@ -675,7 +675,8 @@ def _add_channel(x: np.ndarray) -> np.ndarray:
 def load_fsd50k(data_dir=None) -> TaskData:
     """The prepared features (`scripts/prepare_data.py fsd50k`): one chunk per training clip, every chunk of the
     evaluation clips with `meta["clip"]`, so the metric averages a clip's logits over its chunks (clip-level mAP,
-    as officially); the training augmentation is `FsdAugment`."""
+    as officially); the training augmentation is `FsdAugment`. The published validation clips (`val.csv`) are not
+    used, as officially: the validation split is carved from the training clips."""
     splits = {}
     for split in ("train", "test"):
         path = functools.partial(require, "fsd50k", data_dir=data_dir, made_by_prepare=True)
