@@ -67,8 +67,8 @@ def base_config() -> ConfigDict:
             milestones=(20, 40, 60),
             gamma=0.2,
             checkpoint_every=10,
-            # Classes embedded at a time (their activations are recomputed in the backward pass), bounding the
-            # step's memory by a chunk instead of all classes x samples; 0 = all at once.
+            # Beyond this many classes the align step is streamed a chunk of classes at a time, so host and device
+            # memory do not grow with the classes (train/align.py::AlignStep); 0 = always all at once.
             chunk_classes=16,
         )
     )

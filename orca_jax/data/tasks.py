@@ -26,6 +26,7 @@ relies on before any model is built.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import logging
 import random
@@ -228,7 +229,9 @@ def load_task(
     elif name in TASK_LOADERS:
         data = TASK_LOADERS[name](data_dir=data_dir)
     else:
-        raise ValueError(f"Unknown task {name!r}; known: {sorted(TASK_LOADERS)}, or npz:PATH, tfds:NAME.")
+        close = difflib.get_close_matches(name, sorted(TASK_LOADERS), n=3)
+        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+        raise ValueError(f"Unknown task {name!r}; {hint}known: {sorted(TASK_LOADERS)}, or npz:PATH, tfds:NAME.")
     return _assemble(name, data, kind=kind, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                      train_size=train_size, num_classes=num_classes)
 

@@ -9,7 +9,8 @@ Official semantics (orca-reference.md (a) stage 3), kept:
   step per epoch (so `epochs` counts optimizer steps);
 - the optimizer is the fine-tuning optimizer's family at 10x its learning rate, decayed 0.2x after epochs 20/40/60.
 Changed on purpose: all classes go through one jitted step as a padded [classes, samples, ...] batch with a mask
-(the official code loops over classes in Python); the distance before and after alignment is measured on one fixed
+(the official code loops over classes in Python), or, beyond `chunk_classes` classes, a streamed step whose memory
+does not grow with the classes (`AlignStep`); the distance before and after alignment is measured on one fixed
 sample, so the two numbers are comparable.
 
 Only the embedder trains: the model is split once into embedder parameters and the rest (`nnx.split` with a path
@@ -99,19 +100,19 @@ class ClassSampler:
 
 
 class ClassSamples:
-    """Align epoch e's padded per-class sample as a random-access source for grain (`orca_jax.data.loader.iterate`):
-    drawn with `[seed, e]`, so the input iterator's state (the next epoch) is all a resumed run needs."""
+    """Align epoch e's padded per-class sample (example indices and mask; `AlignStep` reads the inputs) as a
+    random-access source for grain (`orca_jax.data.loader.iterate`): drawn with `[seed, e]`, so the input iterator's
+    state (the next epoch) is all a resumed run needs."""
 
-    def __init__(self, sampler: ClassSampler, x, epochs: int, seed: int):
-        self.sampler, self.x, self.epochs, self.seed = sampler, x, epochs, seed
+    def __init__(self, sampler: ClassSampler, epochs: int, seed: int):
+        self.sampler, self.epochs, self.seed = sampler, epochs, seed
 
     def __len__(self) -> int:
         return self.epochs
 
     def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         index, mask = self.sampler.sample(rng)
-        rows = np.asarray(self.x[index.reshape(-1)]).astype(np.float32, copy=False)
-        return {"x": rows.reshape(*index.shape, *rows.shape[1:]), "mask": mask}
+        return {"index": index, "mask": mask}
 
     def __getitem__(self, epoch: int) -> dict[str, np.ndarray]:
         if not 0 <= epoch < self.epochs:
@@ -142,39 +143,91 @@ def objective_value(objective, features, mask, weights, key) -> jax.Array:
     return objective.value(features, mask, weights)
 
 
-def make_align_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, chunk_classes: int = 0):
-    """(step, distance), jitted: one align epoch's update as a pure function of (embedder, rest, opt_state,
-    objective, x, mask, weights, key), and the distance alone.
+class AlignStep:
+    """One align epoch's update, and the distance alone, for a padded per-class sample `{"index", "mask"}` whose
+    inputs are read from the host array `x` when needed.
 
-    With `chunk_classes > 0`, the classes are embedded `chunk_classes` at a time (`lax.map` over chunks, each
-    rematerialised in the backward pass), so a step's memory is bounded by one chunk of examples and their
-    activations instead of all classes x samples (CIFAR-100 at 224x224: tens of GB otherwise). The result is the
-    unchunked one up to summation order.
+    When all classes fit in one chunk (`chunk_classes`, or 0 for no limit) the update is one jitted program over the
+    whole [classes, samples, ...] batch. With more classes it is streamed, so that neither host nor device memory
+    depends on the number of classes (CIFAR-100 at 224 x 224, PSICOV's 60 MB examples): each chunk of classes is read
+    and embedded (features only: [classes, samples, width] are small), the objective's value and its gradient with
+    respect to all features are computed at once (the distance needs every class together), and then each chunk is
+    read and embedded again to pull that gradient back to the embedder's parameters, summed over chunks (the chain
+    rule: the same gradient as the unchunked step, up to summation order). The price is a second read and forward
+    pass of each chunk.
     """
 
-    def class_features(embedder, rest, x):
-        model = nnx.merge(graphdef, embedder, rest)
-        classes, width = x.shape[:2]
-        return model.features(x.reshape(classes * width, *x.shape[2:])).reshape(classes, width, -1)
+    def __init__(self, graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, x, mesh: Mesh,
+                 chunk_classes: int = 0):
+        self.x, self.mesh, self.chunk_classes = x, mesh, chunk_classes
 
-    def distance(embedder, rest, objective, x, mask, weights, key):
-        classes = x.shape[0]
-        if 0 < chunk_classes < classes:
-            chunks = -(-classes // chunk_classes)
-            padded = jnp.concatenate([x, jnp.repeat(x[:1], chunks * chunk_classes - classes, axis=0)])
-            per_chunk = jax.checkpoint(lambda xc: class_features(embedder, rest, xc))
-            features = jax.lax.map(per_chunk, padded.reshape(chunks, chunk_classes, *x.shape[1:]))
-            features = features.reshape(chunks * chunk_classes, *features.shape[2:])[:classes]
-        else:
-            features = class_features(embedder, rest, x)
-        return objective_value(objective, features, mask, weights, key)
+        def class_features(embedder, rest, x):
+            model = nnx.merge(graphdef, embedder, rest)
+            classes, width = x.shape[:2]
+            return model.features(x.reshape(classes * width, *x.shape[2:])).reshape(classes, width, -1)
 
-    def step(embedder, rest, opt_state, objective, x, mask, weights, key):
-        value, grads = jax.value_and_grad(distance)(embedder, rest, objective, x, mask, weights, key)
-        updates, opt_state = optimizer.update(grads, opt_state, embedder)
-        return optax.apply_updates(embedder, updates), opt_state, value
+        def distance(embedder, rest, objective, x, mask, weights, key):
+            return objective_value(objective, class_features(embedder, rest, x), mask, weights, key)
 
-    return jax.jit(step, donate_argnums=(0, 2)), jax.jit(distance)
+        def update(embedder, opt_state, grads):
+            updates, opt_state = optimizer.update(grads, opt_state, embedder)
+            return optax.apply_updates(embedder, updates), opt_state
+
+        def fused(embedder, rest, opt_state, objective, x, mask, weights, key):
+            value, grads = jax.value_and_grad(distance)(embedder, rest, objective, x, mask, weights, key)
+            return *update(embedder, opt_state, grads), value
+
+        def pullback(embedder, rest, x, cotangent):
+            return jax.vjp(lambda e: class_features(e, rest, x), embedder)[1](cotangent)[0]
+
+        self._fused, self._distance = jax.jit(fused, donate_argnums=(0, 2)), jax.jit(distance)
+        self._features, self._pullback = jax.jit(class_features), jax.jit(pullback)
+        self._objective = jax.jit(jax.value_and_grad(objective_value, argnums=1))
+        self._update = jax.jit(update, donate_argnums=(0, 1))
+        self._sum = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=(0,))
+
+    def _chunks(self, index: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """(real classes, index rows padded to the chunk size with copies of the first row) per chunk."""
+        classes = len(index)
+        size = self.chunk_classes if 0 < self.chunk_classes < classes else classes
+        chunks = []
+        for start in range(0, classes, size):
+            rows = index[start : start + size]
+            chunks.append((len(rows), np.concatenate([rows, np.repeat(rows[:1], size - len(rows), axis=0)])))
+        return chunks
+
+    def _read(self, index: np.ndarray) -> jax.Array:
+        rows = np.asarray(self.x[index.reshape(-1)]).astype(np.float32, copy=False)
+        return global_batch(rows.reshape(*index.shape, *rows.shape[1:]), self.mesh, axis=1)
+
+    def _all_features(self, embedder, rest, chunks) -> jax.Array:
+        features = [self._features(embedder, rest, self._read(rows))[:real] for real, rows in chunks]
+        return features[0] if len(features) == 1 else jnp.concatenate(features)
+
+    def distance(self, embedder, rest, objective, sample, weights, key) -> jax.Array:
+        mask = global_batch(sample["mask"], self.mesh, axis=1)
+        chunks = self._chunks(sample["index"])
+        if len(chunks) == 1:
+            return self._distance(embedder, rest, objective, self._read(sample["index"]), mask, weights, key)
+        return self._objective(objective, self._all_features(embedder, rest, chunks), mask, weights, key)[0]
+
+    def __call__(self, embedder, rest, opt_state, objective, sample, weights, key):
+        """(embedder, opt_state, value) after one optimizer step; donates `embedder` and `opt_state`."""
+        mask = global_batch(sample["mask"], self.mesh, axis=1)
+        chunks = self._chunks(sample["index"])
+        if len(chunks) == 1:
+            return self._fused(embedder, rest, opt_state, objective, self._read(sample["index"]), mask, weights, key)
+        value, cotangent = self._objective(objective, self._all_features(embedder, rest, chunks), mask, weights, key)
+        grads, start = None, 0
+        for real, rows in chunks:
+            size = len(rows)
+            piece = cotangent[start : start + real]
+            if real < size:  # padding classes get a zero cotangent: they add nothing to the gradient
+                piece = jnp.concatenate([piece, jnp.zeros((size - real, *piece.shape[1:]), piece.dtype)])
+            chunk_grads = self._pullback(embedder, rest, self._read(rows), piece)
+            grads = chunk_grads if grads is None else self._sum(grads, chunk_grads)
+            start += real
+        return *self._update(embedder, opt_state, grads), value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,14 +284,10 @@ def run_align(
     rep = replicated(mesh)
     objective = place(objective, jax.tree.map(lambda _: rep, objective))  # built on this process's first device
     opt_state, _ = init_optimizer(optimizer, embedder, shardings)
-    step, distance = make_align_step(graphdef, optimizer, config.chunk_classes)
+    step = AlignStep(graphdef, optimizer, train_x, mesh, config.chunk_classes)
     weights = jax.device_put(sampler.weights, rep)
-    samples = ClassSamples(sampler, train_x, config.epochs, seed)
-
-    def on_mesh(sample):
-        return global_batch(sample["x"], mesh, axis=1), global_batch(sample["mask"], mesh, axis=1)
-
-    fixed_x, fixed_mask = on_mesh(samples.draw(np.random.default_rng([seed, 2**31 - 1])))
+    samples = ClassSamples(sampler, config.epochs, seed)
+    fixed = samples.draw(np.random.default_rng([seed, 2**31 - 1]))
     key = jax.random.key(seed)
     checkpoints = StageCheckpoints(workdir / "align")
     start, position = 0, {"history": [], "distance_before": None, "data": None}
@@ -249,7 +298,7 @@ def run_align(
         log.info("align: resumed after epoch %d from %s", start, workdir / "align")
     history = position["history"]
     if position["distance_before"] is None:
-        position["distance_before"] = float(distance(embedder, rest, objective, fixed_x, fixed_mask, weights, key))
+        position["distance_before"] = float(step.distance(embedder, rest, objective, fixed, weights, key))
     t0 = time.perf_counter()
     run_log = RunLog(workdir, "align")
     threads, prefetch = (data.threads, data.prefetch) if data is not None else (1, 2)
@@ -258,10 +307,9 @@ def run_align(
                disable=not is_main_process())
     with preemption or PreemptionGuard() as guard:
         for epoch in bar:
-            x, mask = on_mesh(next(inputs))
             lr = float(schedule(epoch))
             embedder, opt_state, value = step(
-                embedder, rest, opt_state, objective, x, mask, weights, jax.random.fold_in(key, epoch)
+                embedder, rest, opt_state, objective, next(inputs), weights, jax.random.fold_in(key, epoch)
             )
             if not np.isfinite(float(value)):
                 checkpoints.wait()
@@ -284,7 +332,7 @@ def run_align(
     checkpoints.wait()
     run_log.close()
     seconds = time.perf_counter() - t0
-    after = float(distance(embedder, rest, objective, fixed_x, fixed_mask, weights, key))
+    after = float(step.distance(embedder, rest, objective, fixed, weights, key))
     nnx.update(model, embedder)
     result = AlignResult(position["distance_before"], after, history, seconds)
     write_align_outputs(model, result, workdir, config)

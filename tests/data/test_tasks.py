@@ -37,7 +37,7 @@ def test_splits_are_seeded_and_test_stays_apart():
 
 
 def test_unknown_task_and_bad_fraction():
-    with pytest.raises(ValueError, match=r"Unknown task 'cifar'; known: \['digits', 'mnist1d'\]"):
+    with pytest.raises(ValueError, match=r"Unknown task 'cifar'; did you mean 'cifar100'.*known: \[.*'digits'.*'mnist1d'"):
         load_task("cifar")
     with pytest.raises(ValueError, match="val_fraction=1.5"):
         load_task("digits", val_fraction=1.5)

@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -133,44 +134,52 @@ def _swin_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_chunked_classes_bound_the_align_steps_memory_and_equal_the_unchunked_step(tmp_path):
-    """2D inputs resized to 224 x 224 (3,136 patch tokens each), 8 samples per class: the compiled step's temporary
-    memory grows with the number of classes unless they are embedded a chunk at a time."""
+def test_a_streamed_align_step_bounds_memory_by_a_chunk_and_equals_the_whole_step(tmp_path):
+    """2D inputs resized to 224 x 224 (3,136 patch tokens each), 8 samples per class: the whole-batch step's
+    temporary memory grows with the number of classes; the streamed step's programs do not."""
     import optax
 
     from orca_jax.ot import MMDLoss
-    from orca_jax.train.align import EMBEDDER, make_align_step
+    from orca_jax.train.align import EMBEDDER, AlignStep
 
     model = _swin_model(tmp_path)
     graphdef, embedder, rest = nnx.split(model, EMBEDDER, ...)
     optimizer = optax.adamw(1e-3)
-    opt_state = optimizer.init(embedder)
     objective = MMDLoss.build(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32))
-    key = jax.random.key(0)
-
-    def temp_bytes(classes, chunk):
-        step, _ = make_align_step(graphdef, optimizer, chunk)
-        x = jax.ShapeDtypeStruct((classes, 8, 32, 32, 3), np.float32)
-        mask, weights = jax.ShapeDtypeStruct((classes, 8), bool), jax.ShapeDtypeStruct((classes,), np.float32)
-        compiled = step.lower(embedder, rest, opt_state, objective, x, mask, weights, key).compile()
-        return compiled.memory_analysis().temp_size_in_bytes
-
-    chunked = {classes: temp_bytes(classes, 10) for classes in (10, 100)}
-    whole = temp_bytes(100, 0)
-    assert chunked[100] < 1.5 * chunked[10], chunked  # bounded by a chunk
-    assert whole > 5 * chunked[100], (whole, chunked)  # all classes at once: ~10x
-
+    key, mesh = jax.random.key(0), make_mesh()
     rng = np.random.default_rng(1)
-    x = rng.uniform(size=(7, 8, 32, 32, 3)).astype(np.float32)
-    mask, weights = np.ones((7, 8), bool), np.full(7, 1 / 7, np.float32)
-    results = []
-    for chunk in (0, 3):  # 3 does not divide 7: the last chunk is padded
-        _, distance = make_align_step(graphdef, optimizer, chunk)
-        value, grads = jax.value_and_grad(distance)(embedder, rest, objective, x, mask, weights, key)
-        results.append((value, grads))
-    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(a).max()))  # summation order
+    x = rng.uniform(size=(60, 32, 32, 3)).astype(np.float32)
+    whole, streamed = AlignStep(graphdef, optimizer, x, mesh, 0), AlignStep(graphdef, optimizer, x, mesh, 3)
+
+    def temp_bytes(program, *args):
+        return program.lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    def shape(*dims):
+        return jax.ShapeDtypeStruct(dims, np.float32)
+
+    opt_state = optimizer.init(embedder)
+    whole_bytes = {c: temp_bytes(whole._fused, embedder, rest, opt_state, objective, shape(c, 8, 32, 32, 3),
+                                 jax.ShapeDtypeStruct((c, 8), bool), shape(c), key) for c in (10, 100)}
+    chunk = temp_bytes(streamed._features, embedder, rest, shape(3, 8, 32, 32, 3)) + temp_bytes(
+        streamed._pullback, embedder, rest, shape(3, 8, 32, 32, 3), shape(3, 8, 8))
+    losses = {c: temp_bytes(streamed._objective, objective, shape(c, 8, 8), jax.ShapeDtypeStruct((c, 8), bool),
+                            shape(c), key) for c in (10, 100)}
+    assert whole_bytes[100] > 5 * whole_bytes[10], whole_bytes  # all classes at once: ~10x
+    assert chunk + losses[100] < 1.5 * (chunk + losses[10]), (chunk, losses)  # bounded by a chunk
+    assert chunk + losses[100] < whole_bytes[100] / 5
+
+    # 7 classes of 8 samples in chunks of 3 (the last padded): the same distance and the same update.
+    sample = {"index": rng.permutation(60)[:56].reshape(7, 8), "mask": np.ones((7, 8), bool)}
+    sample["mask"][6, 5:] = False
+    weights = np.full(7, 1 / 7, np.float32)
+    np.testing.assert_allclose(float(whole.distance(embedder, rest, objective, sample, weights, key)),
+                               float(streamed.distance(embedder, rest, objective, sample, weights, key)), rtol=1e-5)
+    copies = [jax.tree.map(jnp.copy, embedder) for _ in range(2)]
+    results = [step(e, rest, optimizer.init(e), objective, sample, weights, key)
+               for step, e in zip((whole, streamed), copies)]
+    np.testing.assert_allclose(float(results[0][2]), float(results[1][2]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(results[0][0]), jax.tree.leaves(results[1][0])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_l2_objective_is_the_mean_distance_to_randomly_paired_source_points():
