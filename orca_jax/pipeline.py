@@ -27,7 +27,7 @@ from orca_jax.models.orca import OrcaModel
 from orca_jax.models.swin import Swin
 from orca_jax.ot import pseudo_labels
 from orca_jax.parallel import PreemptionGuard, make_mesh
-from orca_jax.train.align import load_aligned_embedder, run_align
+from orca_jax.train.align import OBJECTIVES, load_aligned_embedder, measure_distance, run_align
 from orca_jax.train.objective import TaskObjective, make_objective
 from orca_jax.train.refine import run_refine
 from orca_jax.workdir import RunLock, claim, disk_full, free_space, write_file
@@ -85,7 +85,7 @@ def align_labels(task: Task, seed: int) -> np.ndarray:
     multi-label targets, regression) k-means pseudo-labels, k = 10, of the flattened targets, as officially."""
     if get_task_kind(task.kind).align_labels == "classes":
         return np.asarray(task.train.y)
-    return pseudo_labels(np.asarray(task.train.y), num_clusters=10, seed=seed)
+    return pseudo_labels(task.train.y, num_clusters=10, seed=seed)  # chunked when the targets are large
 
 
 def load_configured_task(config: ConfigDict) -> Task:
@@ -157,6 +157,16 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
                     "fits this model; give the aligned_embedder/ of a workdir whose run used the same body and task."
                 )
             summary["init_embedder"] = str(config.refine.init_embedder)
+        if config.align.epochs == 0 and config.align.objective in OBJECTIVES and config.align.objective != "none":
+            # Without an align stage, where the embedder the refine stage starts from stands: the distance that
+            # places the no-alignment ablations on the distance-versus-accuracy plot.
+            source = load_source_features(config, model)
+            distance = measure_distance(
+                model, task.train.x, align_labels(task, config.seed), (source.features, source.labels), config.align,
+                config.optimizer, batch_size=config.batch_size, mesh=mesh, seed=config.seed, mesh_config=config.mesh,
+            )
+            summary["align"] = {"objective": config.align.objective, "epochs": 0, "distance_before": distance,
+                                "distance_after": distance}
         if config.refine.epochs > 0:
             result = run_refine(model, task, objective, config, mesh=mesh, workdir=workdir, preemption=preemption,
                                 step_offset=max(config.align.epochs, 0))

@@ -29,6 +29,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
+from orca_jax.config import base_config
 from orca_jax.parallel import is_main_process
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,9 @@ def claim(workdir: epath.PathLike, config: ConfigDict, *, restart: bool = False)
     saved_file = workdir / CONFIG_FILE
     if saved_file.exists():
         saved, new = _flatten(json.loads(saved_file.read_text())), _comparable(config)
+        # A field the saved config lacks came with a newer orca-jax: at its default it changes nothing.
+        defaults = _comparable(base_config())
+        saved.update({f: defaults[f] for f in new.keys() - saved.keys() if f in defaults})
         started_refine = (workdir / "refine").exists() and any((workdir / "refine").iterdir())
         changed = sorted(f for f in set(saved) | set(new) if saved.get(f, "<absent>") != new.get(f, "<absent>"))
         unsafe = [f for f in changed if not _safe(f, started_refine)]
@@ -146,8 +150,9 @@ def claim(workdir: epath.PathLike, config: ConfigDict, *, restart: bool = False)
             diffs = ", ".join(f"{f}={new.get(f, '<absent>')!r} (was {saved.get(f, '<absent>')!r})" for f in unsafe)
             raise WorkdirError(
                 f"Workdir {workdir} holds a run of another experiment: {diffs}. Resuming would mix the two in one "
-                "summary. Choose another --workdir, or pass --restart to delete this run's checkpoints and results "
-                f"and start over. (A resumed run may change: {', '.join(SAFE_TO_CHANGE)}"
+                "summary. Choose another workdir, or start over in this one (scripts/train.py --restart, or "
+                "pipeline.run(..., restart=True): deletes this run's checkpoints and results). (A resumed run may "
+                f"change: {', '.join(SAFE_TO_CHANGE)}"
                 + ("; align.epochs only until the refine stage starts" if started_refine else "") + ".)"
             )
         if changed:

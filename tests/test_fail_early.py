@@ -36,7 +36,7 @@ def task():
 def config(body, tmp_path, **refine):
     c = load_config_file(ROOT / "configs" / "own_data.py", "smoke")
     c.body.checkpoint, c.source.cache_dir = str(body), str(tmp_path / "cache")
-    c.align.epochs = 0
+    c.align.epochs, c.align.objective = 0, "none"  # refine only, no distance measured
     c.refine.update({"epochs": 2, **refine})
     return c
 

@@ -118,3 +118,55 @@ def test_a_random_body_has_the_architecture_not_the_weights(tmp_path):
     # Their source features are cached apart.
     keys = [cache_key(body_dir, "python_docs", size=10, seed=0, weights=w) for w in ("pretrained", "random-seed0")]
     assert keys[0] != keys[1]
+
+
+@pytest.mark.slow
+def test_without_an_align_stage_the_starting_embedders_distance_is_measured(tmp_path):
+    import numpy as np
+
+    from orca_jax.config import load_config_file
+    from orca_jax.data import task_from_arrays
+    from tests.text_checkpoints import save_tiny_text_model
+
+    body_dir = save_tiny_text_model("roberta", tmp_path / "body", tokenizer=True)
+    x = np.random.default_rng(0).normal(size=(64, 12, 2)).astype(np.float32)
+    task = task_from_arrays(x, (x[:, :, 0].mean(1) > 0).astype(int))
+    summaries = {}
+    for epochs in (0, 1):
+        config = load_config_file(ROOT / "configs" / "own_data.py", "smoke")
+        config.body.checkpoint, config.source.cache_dir = str(body_dir), str(tmp_path / "cache")
+        config.align.update(dict(epochs=epochs, objective="mmd"))
+        config.embedder.init, config.refine.epochs = "body", 0
+        summaries[epochs] = run(config, tmp_path / f"w{epochs}", task=task)
+    unaligned = summaries[0]["align"]
+    assert unaligned["epochs"] == 0 and unaligned["distance_before"] == unaligned["distance_after"]
+    # The same embedder (copied from the body) measured on the same fixed sample as an align run's "before".
+    assert unaligned["distance_before"] == pytest.approx(summaries[1]["align"]["distance_before"], rel=1e-6)
+
+
+def test_pseudo_labels_of_targets_too_large_for_memory_are_learned_chunk_by_chunk(monkeypatch):
+    import importlib
+
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score
+
+    module = importlib.import_module("orca_jax.ot.pseudo_labels")
+    rng = np.random.default_rng(0)
+    truth = np.arange(600) % 10
+    targets = (rng.normal(size=(10, 50)) * 10)[truth] + rng.normal(size=(600, 50))
+    reads = []
+
+    class Lazy:  # a reader that must not be read whole
+        shape, dtype = targets.shape, targets.dtype
+
+        def __len__(self):
+            return len(targets)
+
+        def __getitem__(self, rows):
+            reads.append(rows)
+            return targets[rows]
+
+    monkeypatch.setattr(module, "IN_MEMORY_BYTES", targets.size * 4 // 5)  # five chunks' worth
+    labels = module.pseudo_labels(Lazy(), seed=0)
+    assert adjusted_rand_score(truth, labels) == 1.0
+    assert reads and all(isinstance(r, slice) and r.stop - r.start <= 121 for r in reads)

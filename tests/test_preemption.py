@@ -18,7 +18,8 @@ def command(workdir: Path, cache: Path) -> list[str]:
     # The smoke demo without its align stage: 256 mnist1d examples, 16 steps per epoch, 3 epochs on MiniLM.
     return [
         sys.executable, "scripts/train.py", "--config=configs/demo.py:smoke", f"--workdir={workdir}",
-        "--config.align.epochs=0", "--config.refine.epochs=3", "--config.task.train_size=256",
+        "--config.align.epochs=0", "--config.align.objective=none", "--config.refine.epochs=3",
+        "--config.task.train_size=256",
         "--config.batch_size=16", "--config.embedder.target_seq_len=10", "--config.task.val_fraction=0.02",
         f"--config.source.cache_dir={cache}",
     ]

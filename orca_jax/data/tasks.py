@@ -43,7 +43,7 @@ LAYOUTS = {"NLC": 3, "NHWC": 4}  # layout -> rank of x, batch axis included
 _DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED = 0.2, 0
 HELD_OUT_TEST_SEED = 0  # the constant seed of test splits held out from data that ships none
 _FULL_CHECK_BYTES = 1 << 30  # arrays up to this size are checked for NaN/inf whole; larger ones on a sample
-_SAMPLE_ROWS = 256
+_SAMPLE_ROWS, _SAMPLE_BYTES = 256, 1 << 28  # the sample: at most this many rows, and this many bytes
 
 
 class Rows:
@@ -291,7 +291,9 @@ def _rows_to_check(array: Any) -> Any:
     size = int(np.prod(array.shape)) * np.dtype(array.dtype).itemsize
     if type(array) is np.ndarray and size <= _FULL_CHECK_BYTES:
         return array
-    rows = np.unique(np.linspace(0, len(array) - 1, min(len(array), _SAMPLE_ROWS)).astype(np.int64))
+    row_bytes = max(size // max(len(array), 1), 1)
+    count = max(1, min(len(array), _SAMPLE_ROWS, _SAMPLE_BYTES // row_bytes))
+    rows = np.unique(np.linspace(0, len(array) - 1, count).astype(np.int64))
     return np.asarray(array[rows])
 
 

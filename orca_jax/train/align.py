@@ -238,6 +238,62 @@ class AlignResult:
     seconds: float
 
 
+def fixed_sample(samples: ClassSamples, seed: int) -> dict[str, np.ndarray]:
+    """The one sample of every class on which distances before and after alignment are measured."""
+    return samples.draw(np.random.default_rng([seed, 2**31 - 1]))
+
+
+@dataclasses.dataclass
+class _Stage:
+    """What an align run sets up before its first step: sampler, objective, optimizer and the split model."""
+
+    sampler: ClassSampler
+    objective: object
+    schedule: optax.Schedule
+    optimizer: optax.GradientTransformation
+    embedder: nnx.State
+    rest: nnx.State
+    shardings: object
+    step: AlignStep
+    weights: jax.Array
+
+    @classmethod
+    def build(cls, model, train_x, train_labels, source, config, optimizer_config, *, batch_size, mesh, mesh_config):
+        devices = mesh.shape["data"] * mesh.shape["fsdp"]
+        sampler = ClassSampler.build(train_labels, config.maxsamples, batch_size, multiple_of=devices)
+        objective = build_objective(config.objective, *source, solver=config.solver, epsilon=config.epsilon)
+        if objective is None:
+            raise ValueError("align objective 'none' means no align stage: set align.epochs = 0 instead.")
+        opt = optimizer_config
+        schedule = step_decay_schedule(
+            align_learning_rate(opt.learning_rate, config.lr_multiplier), config.milestones, config.gamma
+        )
+        optimizer = make_optimizer(opt.name, schedule, weight_decay=opt.weight_decay, momentum=opt.momentum,
+                                   betas=(opt.b1, opt.b2), eps=opt.eps)
+        graphdef, embedder, rest = nnx.split(model, EMBEDDER, ...)
+        rules = dict(rules=mesh_config.rules, min_shard_bytes=mesh_config.min_shard_bytes) if mesh_config else {}
+        shardings = param_shardings(embedder, mesh, **rules)
+        # The step donates the embedder's buffers: train on a copy, so the model stays intact if the run stops early.
+        embedder, rest = place(embedder, shardings), place(rest, param_shardings(rest, mesh, **rules))
+        rep = replicated(mesh)
+        objective = place(objective, jax.tree.map(lambda _: rep, objective))  # built on this process's first device
+        step = AlignStep(graphdef, optimizer, train_x, mesh, config.chunk_classes)
+        return cls(sampler, objective, schedule, optimizer, embedder, rest, shardings, step,
+                   jax.device_put(sampler.weights, rep))
+
+
+def measure_distance(model, train_x, train_labels, source, config, optimizer_config, *, batch_size: int, mesh: Mesh,
+                     seed: int = 0, mesh_config=None) -> float:
+    """The align objective's distance of `model.embedder` as it is, on the fixed sample an align run measures before
+    and after: where an embedder that was not aligned (the no-alignment ablations, a borrowed aligned embedder)
+    stands on the paper's distance-versus-accuracy plot."""
+    stage = _Stage.build(model, train_x, train_labels, source, config, optimizer_config, batch_size=batch_size,
+                         mesh=mesh, mesh_config=mesh_config)
+    sample = fixed_sample(ClassSamples(stage.sampler, 1, seed), seed)
+    return float(stage.step.distance(stage.embedder, stage.rest, stage.objective, sample, stage.weights,
+                                     jax.random.key(seed)))
+
+
 def run_align(
     model: nnx.Module,
     train_x: np.ndarray,
@@ -264,30 +320,13 @@ def run_align(
     `align_distance.png`, `align_summary.json` and the aligned embedder (`aligned_embedder/`) into `workdir`.
     """
     workdir = epath.Path(workdir)
-    devices = mesh.shape["data"] * mesh.shape["fsdp"]
-    sampler = ClassSampler.build(train_labels, config.maxsamples, batch_size, multiple_of=devices)
-    objective = build_objective(config.objective, *source, solver=config.solver, epsilon=config.epsilon)
-    if objective is None:
-        raise ValueError("align objective 'none' means no align stage: set align.epochs = 0 instead.")
-    opt = optimizer_config
-    schedule = step_decay_schedule(
-        align_learning_rate(opt.learning_rate, config.lr_multiplier), config.milestones, config.gamma
-    )
-    optimizer = make_optimizer(
-        opt.name, schedule, weight_decay=opt.weight_decay, momentum=opt.momentum, betas=(opt.b1, opt.b2), eps=opt.eps
-    )
-    graphdef, embedder, rest = nnx.split(model, EMBEDDER, ...)
-    rules = dict(rules=mesh_config.rules, min_shard_bytes=mesh_config.min_shard_bytes) if mesh_config else {}
-    shardings = param_shardings(embedder, mesh, **rules)
-    # The step donates the embedder's buffers: train on a copy, so the model stays intact if the run stops early.
-    embedder, rest = place(embedder, shardings), place(rest, param_shardings(rest, mesh, **rules))
-    rep = replicated(mesh)
-    objective = place(objective, jax.tree.map(lambda _: rep, objective))  # built on this process's first device
-    opt_state, _ = init_optimizer(optimizer, embedder, shardings)
-    step = AlignStep(graphdef, optimizer, train_x, mesh, config.chunk_classes)
-    weights = jax.device_put(sampler.weights, rep)
+    stage = _Stage.build(model, train_x, train_labels, source, config, optimizer_config, batch_size=batch_size,
+                         mesh=mesh, mesh_config=mesh_config)
+    sampler, objective, embedder, rest = stage.sampler, stage.objective, stage.embedder, stage.rest
+    schedule, step, weights = stage.schedule, stage.step, stage.weights
+    opt_state, _ = init_optimizer(stage.optimizer, embedder, stage.shardings)
     samples = ClassSamples(sampler, config.epochs, seed)
-    fixed = samples.draw(np.random.default_rng([seed, 2**31 - 1]))
+    fixed = fixed_sample(samples, seed)
     key = jax.random.key(seed)
     checkpoints = StageCheckpoints(workdir / "align")
     start, position = 0, {"history": [], "distance_before": None, "data": None}
