@@ -7,15 +7,16 @@
 
 Tasks: cifar100, spherical, ninapro, fsd50k, darcy, psicov, cosmic (Swin-base, aligned to CIFAR-10 features), ecg,
 satellite, deepsea (RoBERTa-base, aligned to CoNLL-2003 features). Data: orca_jax/data/benchmarks/nb360.py.
-Batch sizes are the official single-GPU ones; on more devices raise `batch_size` to a multiple of the device count.
+Batch sizes are the official single-GPU ones; on more devices they are padded with masked rows, so every update is
+the official one.
 
 Metrics are computed honestly over whole splits; where the official number differs, it stays computable:
 - psicov: MAE8 with each protein's own length (`psicov_mae8`). The official code scores every protein on the
   first protein's length (`--config.task.metric=psicov_mae8_official`). Training targets clipped at 16 A.
 - cosmic: AUROC of the pixel scores without the ignored pixels (`pixel_auroc`); the official thresholds outputs
   at 0 first and counts ignored pixels as correct negatives (`--config.task.metric=pixel_auroc_thresholded`).
-  Differences from the official training: ignored pixels are trained as negatives (officially they get no
-  gradient: the loss has no per-pixel weights here), and the sky-background augmentation is not applied (a
+  Ignored pixels get no gradient, as officially (`task.ignore_meta`: outputs and targets multiplied by
+  1 - ignore). One difference from the official training: the sky-background augmentation is not applied (a
   training transform sees no per-example sky level).
 - fsd50k: clip-level mAP (mean logits over a clip's chunks); ecg: macro-F1 over the whole test split (officially
   means of 1000-window chunks); deepsea: mean AUROC on scores.
@@ -43,6 +44,7 @@ OFFICIAL = {
 TASK_OPTIONS = {
     "darcy": dict(normalize_targets="elementwise"),
     "psicov": dict(clip_targets=16.0),
+    "cosmic": dict(ignore_meta="ignore"),
     "deepsea": dict(pos_weight=4.0),
     "fsd50k": dict(pos_weight=10.0),
 }

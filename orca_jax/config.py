@@ -35,6 +35,7 @@ def base_config() -> ConfigDict:
         dict(
             name="mnist1d", kind="", data_dir="", val_fraction=0.1, test_fraction=0.2, train_size=0, num_classes=0,
             loss="", metric="", class_weighting="", pos_weight=0.0, clip_targets=0.0, normalize_targets="none",
+            ignore_meta="",
         )
     )
     # Input pipelines (orca_jax/data/loader.py): batches read ahead on `threads` threads, or in `workers` processes.

@@ -7,6 +7,9 @@ The task's kind (`orca_jax.data.kinds`) picks the defaults; the config's `task` 
 - `pos_weight`: BCE's weight of positive targets (official: DeepSEA 4, FSD50K 10; <= 0 = none);
 - `clip_targets`: training targets above this value are clipped in the loss (official PSICOV: 16 Å; <= 0 = none);
   evaluation always sees the real targets;
+- `ignore_meta`: the name of a per-example `Split.meta` array of the targets' shape whose 1s mark elements the loss
+  must not learn from (Cosmic's ignored pixels): outputs and targets are multiplied by (1 - ignore) before the loss,
+  exactly as the official Cosmic loss does ("" = none);
 - `normalize_targets`: "elementwise" (a mean and standard deviation per target element over the training split, as
   the official Darcy `UnitGaussianNormalizer`) or "global" (one mean and deviation); the model then predicts
   normalised values, which are decoded before the loss and the metric, so both are in the targets' units.
@@ -43,6 +46,12 @@ class TaskObjective:
     clip_targets: float | None = None
     target_mean: np.ndarray | None = None
     target_std: np.ndarray | None = None
+    ignore_meta: str | None = None
+
+    @property
+    def loss_meta(self) -> tuple[str, ...]:
+        """The `Split.meta` arrays a training step must feed to `loss`."""
+        return (self.ignore_meta,) if self.ignore_meta else ()
 
     @property
     def higher_is_better(self) -> bool:
@@ -62,8 +71,13 @@ class TaskObjective:
             out = out * self.target_std + self.target_mean
         return out
 
-    def loss(self, raw: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
-        """The training loss of a padded batch (`mask`: 1 for real rows); jittable."""
+    def loss(self, raw: jax.Array, targets: jax.Array, mask: jax.Array, meta: dict | None = None) -> jax.Array:
+        """The training loss of a padded batch (`mask`: 1 for real rows; `meta`: the batch's `loss_meta` arrays);
+        jittable."""
+        outputs = self.outputs(raw)
+        if self.ignore_meta:
+            keep = 1.0 - meta[self.ignore_meta].astype(jnp.float32).reshape(targets.shape)
+            outputs, targets = outputs * keep, targets * keep
         options = {}
         if self.class_weights is not None:
             options["class_weights"] = self.class_weights
@@ -71,7 +85,7 @@ class TaskObjective:
             options["pos_weight"] = self.pos_weight
         if self.clip_targets is not None:
             targets = jnp.minimum(targets, self.clip_targets)
-        return get_loss(self.loss_name)(self.outputs(raw), targets, mask, **options)
+        return get_loss(self.loss_name)(outputs, targets, mask, **options)
 
 
 def make_objective(task: Task, task_config) -> TaskObjective:
@@ -98,10 +112,19 @@ def make_objective(task: Task, task_config) -> TaskObjective:
     mean = std = None
     if c.normalize_targets != "none":
         mean, std = _target_statistics(task.train.y, elementwise=c.normalize_targets == "elementwise")
+    if c.ignore_meta:
+        found = task.train.meta.get(c.ignore_meta)
+        if found is None or np.shape(found)[1:] != task.target_shape:
+            raise ValueError(
+                f"task.ignore_meta={c.ignore_meta!r}: the training split has "
+                + (f"no meta array of that name (it has {sorted(task.train.meta)})" if found is None else
+                   f"a meta array of example shape {np.shape(found)[1:]}, not the targets' {task.target_shape}")
+                + "; set task.ignore_meta='' or use a task that provides it."
+            )
     return TaskObjective(
         kind, loss_name, metric, task.target_shape, class_weights,
         float(c.pos_weight) if c.pos_weight > 0 else None, float(c.clip_targets) if c.clip_targets > 0 else None,
-        mean, std,
+        mean, std, c.ignore_meta or None,
     )
 
 

@@ -79,10 +79,10 @@ def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, 
     parameters the fine-tune mode freezes) enter as constants of the step."""
     rep = replicated(mesh)
 
-    def train_step(params, frozen, opt_state, x, y, mask, key):
+    def train_step(params, frozen, opt_state, x, y, mask, meta, key):
         def loss_of(params):
             model = nnx.merge(graphdef, params, frozen)
-            return objective.loss(model(x, rngs=nnx.Rngs(dropout=key)), y, mask)
+            return objective.loss(model(x, rngs=nnx.Rngs(dropout=key)), y, mask, meta)
 
         loss, grads = jax.value_and_grad(loss_of)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -195,9 +195,10 @@ def run_refine(
             for step in bar:
                 batch = next(inputs)
                 global_step = epoch * steps_per_epoch + step
+                meta = {name: batch_from_process_rows(batch["meta"][name], mesh) for name in objective.loss_meta}
                 params, opt_state, loss = train_step(
                     params, frozen, opt_state, *(batch_from_process_rows(batch[k], mesh) for k in ("x", "y", "mask")),
-                    jax.random.fold_in(key, global_step),
+                    meta, jax.random.fold_in(key, global_step),
                 )
                 losses.append(float(loss))
                 if not np.isfinite(losses[-1]):
