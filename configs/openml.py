@@ -9,7 +9,7 @@ RoBERTa-base aligned to CoNLL-2003 features for 20 align epochs; cross-entropy w
 AUROC (one-vs-one for more than two classes), as officially. Preprocessing: orca_jax/data/benchmarks/openml_tasks.py.
 Differences: the 90/10 split is stratified with a fixed seed (officially unseeded, cached on first use), and AUROC
 is computed over the whole test split (officially a mean over 1000-example chunks). Batch sizes are the official
-single-GPU ones; on more devices raise `batch_size` to a multiple of the device count.
+single-GPU ones; on more devices they are padded with masked rows, so every update is the official one.
 """
 
 from orca_jax.data.benchmarks.official import Official, official_config, parse_variant

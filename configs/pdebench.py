@@ -8,7 +8,7 @@
 Variants (task `pde_<variant>`): advection, burgers, reaction_diffusion, diffusion_sorption, cfd_1d (RoBERTa-base,
 CoNLL-2003 source), darcy, shallow_water, reaction_diffusion_2d, cfd_2d (Swin-base, CIFAR-10 source). Data and the
 official time steps, splits and normalisations: orca_jax/data/benchmarks/pdebench.py. Batch size 4 is the official
-single-GPU one; on more devices raise `batch_size` to a multiple of the device count.
+single-GPU one; on more devices it is padded with masked rows, so every update is the official one.
 
 The metric is nRMSE over the whole test split (the official code averages 1000-sample chunks). Burgers and 1D CFD
 train with RMSE, the others with nRMSE, as officially; 1D and 2D CFD are scored on normalised values, as officially.
