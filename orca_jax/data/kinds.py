@@ -14,6 +14,9 @@ override (`task.loss`, `task.metric`, `task.class_weighting`). The pairings foll
 | dense_1d | floats [N, L] or [N, L, C] | dense 1D | nRMSE | nRMSE (PDEBench 1D) | k-means |
 | dense_2d | floats [N, H, W] or [N, H, W, C] | dense 2D | nRMSE | nRMSE (PDEBench 2D) | k-means |
 | dense_2d_relative_l2 | floats [N, H, W] or [N, H, W, C] | dense 2D | relative L2 (summed) | relative L2 (Darcy) | k-means |
+| dense_2d_binary | {0, 1} [N, H, W], meta `ignore` | dense 2D | BCE | pixel AUROC on scores (Cosmic) | k-means |
+| distance_map | floats [N, H, W], meta `length` | dense 2D | MSE | MAE₈ per protein length (PSICOV) | k-means |
+| multilabel_clip_map | {0, 1} [N, labels], meta `clip` | linear | BCE (`pos_weight`) | clip-level mAP (FSD50K) | k-means |
 | dense_2d_binary | {0, 1} floats [N, H, W] | dense 2D | BCE | pixel AUROC on scores (Cosmic) | k-means |
 | distance_map | floats [N, H, W] | dense 2D | MSE | MAE8, each protein's own length (PSICOV) | k-means |
 | multilabel_clip_map | {0, 1} [N, labels] | linear | BCE (`pos_weight`) | clip-level mAP (FSD50K) | k-means |
