@@ -13,14 +13,13 @@ the ranking. `--config.<field>=<value>` overrides apply to every run. Exit statu
 the ranking and reports); 2 nothing could start; 75 stopped by SIGTERM (rerun to resume).
 """
 
-import logging
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from orca_jax.parallel import initialize_distributed, is_main_process
+from orca_jax.cli import start
+from orca_jax.parallel import is_main_process
 from orca_jax.sweep import ranking_markdown, select_bodies
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -36,9 +35,7 @@ flags.mark_flags_as_required(["config", "bodies", "workdir"])
 
 def main(argv):
     del argv
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("orca_jax").setLevel(logging.INFO)
-    initialize_distributed()
+    start()
     try:
         seeds = [int(s) for s in _SEEDS.value] if _SWEEP_AFTER.value else []
     except ValueError:

@@ -13,14 +13,13 @@ are in the reports; the others ran); 2 the sweep cannot start (unknown sweep, va
 SIGTERM after a checkpoint (rerun to resume).
 """
 
-import logging
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from orca_jax.parallel import initialize_distributed, is_main_process
+from orca_jax.cli import start
+from orca_jax.parallel import is_main_process
 from orca_jax.sweep import SWEEPS, run_sweep, select_variants
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -33,9 +32,7 @@ flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 def main(argv):
     del argv
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("orca_jax").setLevel(logging.INFO)
-    initialize_distributed()
+    start()
     try:
         variants = select_variants(SWEEPS[_SWEEP.value], _VARIANTS.value)
         seeds = [int(s) for s in _SEEDS.value]

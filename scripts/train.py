@@ -7,15 +7,13 @@ be used (nothing was started); 75 stopped by SIGTERM after saving a checkpoint (
 """
 
 import json
-import logging
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from orca_jax.cli import start
 from orca_jax.config_checks import ConfigError
-from orca_jax.parallel import initialize_distributed
 from orca_jax.pipeline import DiskFullError, run
 from orca_jax.workdir import WorkdirError
 
@@ -27,10 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    # orca-jax's own progress at INFO; libraries (orbax logs every checkpoint file operation) at WARNING.
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("orca_jax").setLevel(logging.INFO)
-    initialize_distributed()
+    start()
     try:
         summary = run(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value)
     except (ConfigError, WorkdirError) as error:
