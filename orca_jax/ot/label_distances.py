@@ -19,9 +19,9 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ott.geometry import costs, pointcloud
+from ott.geometry import costs
 
-from orca_jax.ot.sinkhorn import SinkhornSettings, bounding_box_diameter, half_self_cost, ot_cost
+from orca_jax.ot.sinkhorn import HIGHEST, SinkhornSettings, bounding_box_diameter, divergence_terms
 
 INNER_METHODS = ("exact", "gaussian")
 
@@ -86,38 +86,56 @@ def class_clouds(x: jax.Array, layout: ClassLayout) -> tuple[jax.Array, jax.Arra
 
 
 def full_sq_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
-    """‖x − y‖², not halved: otdd's inner cost (geomloss's ``squared_distances``)."""
-    return pointcloud.PointCloud(x, y).cost_matrix
+    """‖x − y‖², not halved: otdd's inner cost. As geomloss's ``squared_distances``, ‖x‖² + ‖y‖² − 2⟨x, y⟩ — one
+    matmul, at full float32 precision (a GPU's or TPU's default would round the products to ~3 digits). The
+    expansion's rounding is relative to ‖x‖², not to ‖x − y‖², which is why the callers centre the features first.
+    Leading axes batch."""
+    dots = jnp.matmul(x, jnp.swapaxes(y, -1, -2), precision=HIGHEST)
+    return jnp.sum(x * x, -1)[..., :, None] + jnp.sum(y * y, -1)[..., None, :] - 2 * dots
 
 
 def _pair_batch_size(n1: int, n2: int) -> int:
     return max(1, _PAIR_BATCH_ENTRIES // (3 * n1 * n2))
 
 
+def self_divergence_terms(x, w, diameters, settings: SinkhornSettings) -> jax.Array:
+    """½ OT_ε(cloud, cloud) for a batch of padded clouds [..., n, D], each under its own schedule."""
+    return divergence_terms(None, [(full_sq_euclidean(x, x), w)], diameter=diameters, settings=settings)[0]
+
+
 def pair_divergences(clouds1, clouds2, pairs: np.ndarray, settings: SinkhornSettings, *,
                      diameters: Optional[jax.Array] = None, half_self1: Optional[jax.Array] = None) -> jax.Array:
     """Debiased Sinkhorn divergence for each (i, j) in ``pairs`` between cloud i of ``clouds1`` and cloud j of
-    ``clouds2``, batched so that memory stays bounded however many pairs there are.
+    ``clouds2``: the pairs are one batch of problems, cut into groups so that memory stays bounded however many
+    there are, the groups run one after the other.
 
     By default every pair gets geomloss's own ε schedule (diameter of the pair's joint bounding box). A cache
     passes ``diameters`` (one per cloud of ``clouds1``) and the matching precomputed ``half_self1`` so that terms
     depending on ``clouds1`` alone are computed once.
     """
     (x1, w1), (x2, w2) = clouds1, clouds2
-
-    def one(pair):
-        i, j = pair[0], pair[1]
-        xa, wa, xb, wb = x1[i], w1[i], x2[j], w2[j]
-        d = bounding_box_diameter((xa, wa), (xb, wb)) if diameters is None else diameters[i]
-        cross = ot_cost(full_sq_euclidean, xa, wa, xb, wb, diameter=d, settings=settings)
-        self_a = (half_self_cost(full_sq_euclidean, xa, wa, diameter=d, settings=settings)
-                  if half_self1 is None else half_self1[i])
-        return cross - self_a - half_self_cost(full_sq_euclidean, xb, wb, diameter=d, settings=settings)
-
-    pairs = jnp.asarray(pairs, jnp.int32).reshape(-1, 2)
+    pairs = np.asarray(pairs, np.int32).reshape(-1, 2)
     if pairs.shape[0] == 0:
         return jnp.zeros((0,), x1.dtype)
-    return jax.lax.map(one, pairs, batch_size=_pair_batch_size(x1.shape[1], x2.shape[1]))
+    group = min(len(pairs), _pair_batch_size(x1.shape[1], x2.shape[1]))
+    padded = np.concatenate([pairs, np.repeat(pairs[-1:], -len(pairs) % group, axis=0)])
+
+    def one_group(idx):
+        i, j = idx[:, 0], idx[:, 1]
+        xa, wa, xb, wb = x1[i], w1[i], x2[j], w2[j]
+        if diameters is None:
+            d = jax.vmap(lambda xa, wa, xb, wb: bounding_box_diameter((xa, wa), (xb, wb)))(xa, wa, xb, wb)
+        else:
+            d = diameters[i]
+        c = full_sq_euclidean(xa, xb)
+        selfs = [(full_sq_euclidean(xb, xb), wb)]
+        if half_self1 is None:
+            selfs.insert(0, (full_sq_euclidean(xa, xa), wa))
+        cross, *self_terms = divergence_terms((c, c, wa, wb), selfs, diameter=d, settings=settings)
+        return cross - (self_terms[0] if half_self1 is None else half_self1[i]) - self_terms[-1]
+
+    values = jax.lax.map(one_group, jnp.asarray(padded).reshape(-1, group, 2))
+    return values.reshape(-1)[: len(pairs)]
 
 
 @functools.partial(jax.jit, static_argnames="settings")

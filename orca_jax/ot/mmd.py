@@ -13,7 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from orca_jax.ot.cached_loss import check_target_batch, map_classes
+from orca_jax.ot.cached_loss import check_target_batch
 from orca_jax.ot.otdd import check_features
 
 KERNEL_MUL = 2.0
@@ -45,18 +45,21 @@ class MMDLoss:
         return cls(check_features(src_x, "src_x"))
 
     def value(self, tgt_x, mask=None, class_weights=None, *, key: jax.Array) -> jax.Array:
-        """Differentiable w.r.t. ``tgt_x``; ``key`` draws the source samples (one independent draw per class)."""
+        """Differentiable w.r.t. ``tgt_x``; ``key`` draws the source samples (one independent draw per class).
+
+        Under ``jit`` the inputs cannot be checked: NaN/inf on a real point make the value NaN."""
         tgt_x, mask, class_weights = check_target_batch(tgt_x, mask, class_weights, self.src_x.shape[1])
         keys = jax.random.split(key, tgt_x.shape[0])
 
         def one(args):
             x, m, k = args
+            x = jnp.where(m[:, None], x, 0.0)  # padding may hold anything, NaN included
             idx = jax.random.randint(k, (x.shape[0],), 0, self.src_x.shape[0])
             count = jnp.sum(m)
             w = jnp.where(count > 0, m / jnp.maximum(count, 1).astype(x.dtype), 1.0 / m.shape[0])
             return jnp.where(count >= 2, multi_kernel_mmd(self.src_x[idx], x, w), 0.0)
 
-        per_class = map_classes(one, (tgt_x, mask, keys), tgt_x.shape[1], tgt_x.shape[1])
+        per_class = jax.lax.map(one, (tgt_x, mask, keys))
         return jnp.sum(class_weights * per_class)
 
     def __call__(self, tgt_x, mask=None, class_weights=None, *, key: jax.Array) -> tuple[jax.Array, jax.Array]:

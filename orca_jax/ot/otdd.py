@@ -8,6 +8,13 @@ reads it out with ``.item()``; gradients reach features only through the ‖x �
 
 The annealed solver reproduces geomloss's schedule including its diameter, which otdd measures on the points with
 the label id appended as one more coordinate; that is why the label column enters :func:`dataset_diameter`.
+
+Features are centred on the source mean first: every cost is translation invariant, and the squared-distance
+expansion (:func:`~orca_jax.ot.label_distances.full_sq_euclidean`) rounds relative to ‖x‖², so an offset shared by
+all points (common in a body's embedding outputs) would otherwise cost float32 digits or all of them.
+
+Non-finite features are an error where they can be seen (concrete arrays at the entry points); traced ones (inside
+``jit``) cannot raise, and a NaN or inf there makes the distance NaN — the trainers check the loss.
 """
 from __future__ import annotations
 
@@ -18,11 +25,52 @@ import jax.numpy as jnp
 import numpy as np
 
 from orca_jax.ot import label_distances as ld
-from orca_jax.ot.sinkhorn import SinkhornSettings, bounding_box_diameter, resolve_settings, sinkhorn_divergence
+from orca_jax.ot.sinkhorn import (
+    SinkhornSettings,
+    bounding_box_diameter,
+    check_resolvable,
+    resolve_settings,
+    sinkhorn_divergence,
+)
+
+
+def check_finite(x, name: str, real=None) -> None:
+    """Raise if concrete ``x`` has NaN/inf entries (on the ``real`` rows only, when given: padding may hold
+    anything); traced values pass unchecked."""
+    if isinstance(x, jax.core.Tracer) or isinstance(real, jax.core.Tracer):
+        return
+    # NumPy, not jnp: inside a jit trace even concrete operands would give traced results.
+    bad = ~np.isfinite(np.asarray(x))
+    if real is not None:
+        real = np.asarray(real)
+        bad &= real.reshape(real.shape + (1,) * (bad.ndim - real.ndim))
+    count = int(bad.sum())
+    if count:
+        where = " on real (unmasked) points" if real is not None else ""
+        raise ValueError(
+            f"{name} has {count} non-finite entries (NaN or ±inf) out of {x.size}{where}, so the distance would be "
+            f"NaN. Find where they come from (the inputs, or an embedder that diverged: lower its learning rate) "
+            f"and repair or drop those points before computing the distance.")
+
+
+def host_diameter(*clouds) -> float | jax.core.Tracer:
+    """The joint bounding-box diameter of concrete point sets [..., D] (NumPy, no compilation); a tracer if any
+    set is traced. ``clouds`` are arrays or (array, mask) pairs."""
+    lows, highs = [], []
+    for cloud in clouds:
+        x, real = cloud if isinstance(cloud, tuple) else (cloud, None)
+        if isinstance(x, jax.core.Tracer) or isinstance(real, jax.core.Tracer):
+            return x if isinstance(x, jax.core.Tracer) else real
+        x = np.asarray(x, np.float64).reshape(-1, np.shape(x)[-1])
+        if real is not None:
+            x = x[np.asarray(real).reshape(-1)]
+        lows.append(x.min(0, initial=np.inf))
+        highs.append(x.max(0, initial=-np.inf))
+    return float(np.linalg.norm(np.max(highs, 0) - np.min(lows, 0)))
 
 
 def check_features(x, name: str, dim: int | None = None, n: int | None = None) -> jax.Array:
-    """Features as a 2-D float array, with errors that name the argument and the fix."""
+    """Features as a 2-D float array of finite values, with errors that name the argument and the fix."""
     x = jnp.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (points, features) array; got shape {x.shape}. Pool or flatten "
@@ -34,6 +82,7 @@ def check_features(x, name: str, dim: int | None = None, n: int | None = None) -
                          "must live in the same feature space.")
     if n is not None and x.shape[0] != n:
         raise ValueError(f"{name} has {x.shape[0]} points but its labels have {n}; pass one label per point.")
+    check_finite(x, name)
     return x
 
 
@@ -87,12 +136,15 @@ def otdd(src_x, src_y, tgt_x, tgt_y, *, inner: str = "exact", epsilon: float = 0
     tgt_x = check_features(tgt_x, "tgt_x", dim=src_x.shape[1], n=tgt_layout.index.shape[0])
     joint = ld.class_layout(np.concatenate([np.asarray(src_layout.index),
                                             np.asarray(tgt_layout.index) + src_layout.num_classes]))
+    check_resolvable(host_diameter(src_x, tgt_x), src_x.dtype, settings, "these datasets")
     return _otdd(src_x, tgt_x, joint, inner, settings)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _otdd(src_x, tgt_x, joint, inner, settings):
     n_src, n_tgt = src_x.shape[0], tgt_x.shape[0]
+    centre = jax.lax.stop_gradient(jnp.mean(src_x, axis=0))
+    src_x, tgt_x = src_x - centre, tgt_x - centre
     w = label_matrix(jnp.concatenate([src_x, tgt_x]), joint, inner, settings)
     a = jnp.full(n_src, 1.0 / n_src, src_x.dtype)
     b = jnp.full(n_tgt, 1.0 / n_tgt, tgt_x.dtype)
