@@ -27,9 +27,9 @@ def main(argv=None) -> None:
     start()
     summaries = {}
     for name, variant in (("demo", None), ("demo_no_align", "no_align")):
-        start = time.perf_counter()
+        began = time.perf_counter()
         summaries[name] = run(load_config_file(ROOT / "configs" / "demo.py", variant), Path(args.workdir) / name)
-        summaries[name]["wall_seconds"] = time.perf_counter() - start
+        summaries[name]["wall_seconds"] = time.perf_counter() - began
     orca, plain = summaries["demo"], summaries["demo_no_align"]
     print("\n" + json.dumps(summaries, indent=2))
     print("\nmnist1d, pretrained MiniLM body (all-MiniLM-L6-v2), same refine budget:")
