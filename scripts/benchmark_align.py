@@ -23,8 +23,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
-from ml_collections import ConfigDict  # noqa: E402
 
+from orca_jax.config import base_config  # noqa: E402
 from orca_jax.models import TextEncoder, TextEncoderConfig  # noqa: E402
 from orca_jax.models.embedders import SequenceEmbedder  # noqa: E402
 from orca_jax.models.heads import ClassificationHead  # noqa: E402
@@ -54,10 +54,12 @@ def ours_seconds_per_epoch(width: int, solver: str, epochs: int) -> float:
     body = TextEncoder(config, rngs=rngs)  # unused by the align step, which sees only the embedder
     embedder = SequenceEmbedder.from_body(body, 1, LENGTH, target_seq_len=LENGTH // STRIDE, rngs=rngs)
     model = OrcaModel(embedder, body, ClassificationHead(width, CLASSES, rngs=rngs))
-    align = ConfigDict(dict(epochs=epochs, objective="otdd-exact", solver=solver, epsilon=0.1, maxsamples=128,
-                            lr_multiplier=10.0, milestones=(20, 40, 60), gamma=0.2, checkpoint_every=10**6))
-    optimizer = ConfigDict(dict(name="adamw", learning_rate=1e-5, weight_decay=0.0, momentum=0.9, b1=0.9, b2=0.98,
-                                eps=1e-8))
+    # The schema's defaults (official values), so that fields added to the stage need no change here.
+    config = base_config()
+    align, optimizer = config.align, config.optimizer
+    align.update(epochs=epochs, objective="otdd-exact", solver=solver, epsilon=0.1, maxsamples=128,
+                 checkpoint_every=10**6)
+    optimizer.update(name="adamw", learning_rate=1e-5, weight_decay=0.0)
     with tempfile.TemporaryDirectory() as workdir:
         result = run_align(model, x, y, (src_x, src_y), align, optimizer, batch_size=32, mesh=make_mesh(),
                            workdir=Path(workdir))

@@ -27,11 +27,12 @@ the callers' part: they centre the features):
 * One annealing step costs one exponential per cost entry: with the current potentials absorbed into the kernel,
   K = exp((f ⊕ g − C)/ε), both of geomloss's parallel soft-C-transforms are f − ε log(K b) and g − ε log(Kᵀ a).
   That is exact algebra, and safe while every row and column sum lies within e^±50 (no overflow, no underflow of
-  the terms that matter). When one does not — early steps at large feature scales, or features so large that
-  float32 cannot resolve the potentials to ε — the step is redone in the max-shifted log-sum-exp form. That check
+  the terms that matter). When one does not — geomloss's averaged updates leave some potentials lagging by more
+  than 50 ε once ε is small, in unbalanced problems such as 5,000 source points against 160 target points, and at
+  large feature scales — the step is redone in the max-shifted log-sum-exp form (twice the passes). That check
   reduces over the whole batch to one scalar, so ``lax.cond`` runs one branch (under ``vmap`` it runs both).
-* When ε is much larger than the costs (tiny features), the terms of each log-sum-exp differ by ≪ 1 and
-  log(Σ w e^m) rounds away the signal; the shifted form then uses log1p(Σ w (e^(m−max) − 1)), which keeps it.
+* When ε is much larger than the costs (tiny features), the terms of each sum are all ≈ 1 and log(Σ w e^m)
+  rounds away their differences; the step then sums e^m − 1 (expm1) and takes log1p, which keeps them.
 * Zero weights (padding) multiply, so padded points drop out exactly however large the costs are (geomloss's
   finite log-weight of −100,000 stops excluding them once |C|/ε exceeds it).
 """
@@ -200,19 +201,12 @@ def _annealing_schedule(diameter: jax.Array, settings: SinkhornSettings) -> tupl
 
 def _log_sum_exp(m: jax.Array, w: jax.Array, axis: int) -> jax.Array:
     """log Σ w·exp(m) along ``axis`` (-1: rows, weights along columns; -2: columns), shifted by the maximum over
-    positive weights; log1p of the shifted sum minus one where that sum is near 1 (see the module notes)."""
+    positive weights: safe for any exponents."""
     w = w[..., None, :] if axis == -1 else w[..., :, None]
-    real = w > 0
-    shifted = jnp.where(real, m, -jnp.inf)
-    top = jnp.max(shifted, axis=axis, keepdims=True)
-    shifted = shifted - top
-    total = jnp.sum(jnp.where(real, w * jnp.exp(shifted), 0.0), axis=axis)
-    # total − 1 = Σ w (e^shifted − 1) without cancellation, the weights taken as summing to exactly 1 (as the
-    # float64 problem's do): their float32 rounding would shift every potential by ~ε·10⁻⁷, differently in
-    # differently compiled terms, which is the whole signal when the costs are ~10⁻⁶ ε.
-    excess = jnp.sum(jnp.where(real, w * jnp.expm1(shifted), 0.0), axis=axis)
-    log_total = jnp.where(total > 0.5, jnp.log1p(excess), jnp.log(total))
-    return jnp.squeeze(top, axis) + log_total
+    m = jnp.where(w > 0, m, -jnp.inf)
+    top = jnp.max(m, axis=axis, keepdims=True)
+    total = jnp.sum(jnp.where(w > 0, w * jnp.exp(m - top), 0.0), axis=axis)
+    return jnp.squeeze(top, axis) + jnp.log(total)
 
 
 def _in_band(sums: jax.Array) -> jax.Array:
@@ -223,39 +217,61 @@ def _exponent(c, h_rows, h_cols, eps):
     return (h_rows[..., :, None] + h_cols[..., None, :] - c) / eps[..., None, None]
 
 
-def _cross_fast(c, a, b, eps, f, g):
-    """geomloss's parallel update (f̃, g̃) = (softmin_b(C − g), softmin_a(Cᵀ − f)) from one exponential per entry,
-    and whether every row and column sum stayed in the safe band."""
-    kernel = jnp.exp(_exponent(c, f, g, eps))
-    row = jnp.einsum("...ij,...j->...i", kernel, b, precision=HIGHEST)
-    col = jnp.einsum("...i,...ij->...j", a, kernel, precision=HIGHEST)
+def _log_sums(m, w_rows, w_cols, small: bool):
+    """(log Σ_j w_cols_j e^m_ij per row, log Σ_i w_rows_i e^m_ij per column if ``w_rows`` is given) from one
+    transcendental per entry, and whether every sum lies in the safe band. ``small``: the terms are all ≈ 1, so
+    sum their excesses e^m − 1 (expm1) and take log1p, the weights counted as summing to exactly 1 (as the
+    float64 problem's do; their float32 rounding would shift every potential by ~ε·10⁻⁷, the whole signal when the
+    costs are ~10⁻⁶ ε)."""
+    k = jnp.expm1(m) if small else jnp.exp(m)
+    sums = [jnp.einsum("...ij,...j->...i", k, w_cols, precision=HIGHEST)]
+    if w_rows is not None:
+        sums.append(jnp.einsum("...i,...ij->...j", w_rows, k, precision=HIGHEST))
+    if small:
+        return [jnp.log1p(s) for s in sums], jnp.all(jnp.stack([_in_band(1.0 + s) for s in sums]))
+    return [jnp.log(s) for s in sums], jnp.all(jnp.stack([_in_band(s) for s in sums]))
+
+
+def _transforms(cross, selfs, eps, small: bool):
+    """Every problem's parallel soft-C-transforms, geomloss's f̃ = softmin_b(C − g), g̃ = softmin_a(Cᵀ − f), each
+    written as f − ε log Σ_j b_j exp((f_i + g_j − C_ij)/ε) so that one kernel serves both sides; and whether all
+    were safe. ``cross`` = (c, a, b, f, g) or None; ``selfs`` = [(c, w, h_rows, h_cols)] (``c`` may be a block of
+    rows of a symmetric problem, ``h_rows`` their potentials, ``h_cols`` all of them)."""
     e = eps[..., None]
-    return (f - e * jnp.log(row), g - e * jnp.log(col)), _in_band(row) & _in_band(col)
+    out, oks = [], []
+    if cross is not None:
+        c, a, b, f, g = cross
+        (rows, cols), ok = _log_sums(_exponent(c, f, g, eps), a, b, small)
+        out, oks = [f - e * rows, g - e * cols], [ok]
+    for c, w, h_rows, h_cols in selfs:
+        (rows,), ok = _log_sums(_exponent(c, h_rows, h_cols, eps), None, w, small)
+        out.append(h_rows - e * rows)
+        oks.append(ok)
+    return tuple(out), jnp.all(jnp.stack(oks))
 
 
-def _cross_shifted(c, a, b, eps, f, g):
-    m = _exponent(c, f, g, eps)
+def _shifted_transforms(cross, selfs, eps):
+    """:func:`_transforms` in the max-shifted log-sum-exp form, safe for any exponents (two passes per side)."""
     e = eps[..., None]
-    return f - e * _log_sum_exp(m, b, -1), g - e * _log_sum_exp(m, a, -2)
+    out = []
+    if cross is not None:
+        c, a, b, f, g = cross
+        m = _exponent(c, f, g, eps)
+        out = [f - e * _log_sum_exp(m, b, -1), g - e * _log_sum_exp(m, a, -2)]
+    return tuple(out + [h_rows - e * _log_sum_exp(_exponent(c, h_rows, h_cols, eps), w, -1)
+                        for c, w, h_rows, h_cols in selfs])
 
 
-def _row_fast(c, w, eps, h_rows, h_cols):
-    """h̃_i = softmin_w over j of (C_ij − h_j), written as h_i − ε log Σ_j w_j exp((h_i + h_j − C_ij)/ε); ``c``
-    may be a block of rows of a symmetric problem (``h_rows`` their potentials, ``h_cols`` all of them)."""
-    row = jnp.einsum("...ij,...j->...i", jnp.exp(_exponent(c, h_rows, h_cols, eps)), w, precision=HIGHEST)
-    return h_rows - eps[..., None] * jnp.log(row), _in_band(row)
+def _update(cross, selfs, eps, small):
+    """One annealing step's transforms: one exponential (or, when ε dwarfs the costs, expm1) per entry, redone
+    max-shifted if any row or column sum left the safe band. The checks reduce to one scalar per step, so
+    ``lax.cond`` runs one branch (under ``vmap`` it would run both)."""
+    new, ok = jax.lax.cond(small, lambda: _transforms(cross, selfs, eps, True),
+                           lambda: _transforms(cross, selfs, eps, False))
+    return jax.lax.cond(ok, lambda: new, lambda: _shifted_transforms(cross, selfs, eps))
 
 
-def _row_shifted(c, w, eps, h_rows, h_cols):
-    return h_rows - eps[..., None] * _log_sum_exp(_exponent(c, h_rows, h_cols, eps), w, -1)
-
-
-def _row_update(c, w, eps, exact_only, h_rows, h_cols):
-    fast, ok = _row_fast(c, w, eps, h_rows, h_cols)
-    return jax.lax.cond(~exact_only & ok, lambda: fast, lambda: _row_shifted(c, w, eps, h_rows, h_cols))
-
-
-def _exact_only(eps, cost_range):
+def _small_costs(eps, cost_range):
     return jnp.any(eps > _SMALL_COST_RATIO * cost_range)
 
 
@@ -278,7 +294,7 @@ def _anneal(update: Callable, sizes: tuple[int, ...], dtype, diameter: jax.Array
         # is compiled once).
         pots, extrapolated = carry
         eps = eps_at(jnp.maximum(i, 0))
-        fresh = update(eps, _exact_only(eps, cost_range), *pots)
+        fresh = update(eps, _small_costs(eps, cost_range), *pots)
         start, live, last = i < 0, (i < length)[..., None], (i == length)[..., None]
         pots = tuple(jnp.where(start, q, jnp.where(live, 0.5 * (p + q), p)) for p, q in zip(pots, fresh))
         return pots, tuple(jnp.where(last, q, x) for q, x in zip(fresh, extrapolated))
@@ -384,22 +400,11 @@ def _annealed_terms(cross, selfs, diameter, settings):
     diameter = jnp.broadcast_to(sg(diameter), jnp.broadcast_shapes(*shapes))
     smallest_range = functools.reduce(jnp.minimum, ranges)
 
-    def update(eps, exact_only, *pots):
-        cross_pots, self_pots = (pots[:2], pots[2:]) if cross is not None else ((), pots)
-        fast, oks = [], []
+    def update(eps, small, *pots):
+        cross_problem, self_pots = None, pots
         if cross is not None:
-            pair, ok = _cross_fast(fixed, a, b, eps, *cross_pots)
-            fast, oks = list(pair), [ok]
-        for (c, w), h in zip(fixed_selfs, self_pots):
-            h_new, ok = _row_fast(c, w, eps, h, h)
-            fast.append(h_new)
-            oks.append(ok)
-
-        def shifted():
-            out = list(_cross_shifted(fixed, a, b, eps, *cross_pots)) if cross is not None else []
-            return tuple(out + [_row_shifted(c, w, eps, h, h) for (c, w), h in zip(fixed_selfs, self_pots)])
-
-        return jax.lax.cond(~exact_only & jnp.all(jnp.stack(oks)), lambda: tuple(fast), shifted)
+            cross_problem, self_pots = (fixed, a, b, *pots[:2]), pots[2:]
+        return _update(cross_problem, [(c, w, h, h) for (c, w), h in zip(fixed_selfs, self_pots)], eps, small)
 
     dtype = (cross[0] if cross is not None else selfs[0][0]).dtype
     pots, extrapolated = _anneal(update, sizes, dtype, diameter, smallest_range, settings)
@@ -431,8 +436,8 @@ def _blocked_half_self(cost_fn, x, a, diameter, settings, block):
     cost_range = jnp.max(over_rows(lambda xb: jnp.max(cost_fn(xb, fixed)))) - jnp.min(
         over_rows(lambda xb: jnp.min(cost_fn(xb, fixed))))
 
-    def update(eps, exact, f):
-        new = over_rows(lambda xb, fb: _row_update(cost_fn(xb, fixed), a, eps, exact, fb, f), blocks(f))
+    def update(eps, small, f):
+        new = over_rows(lambda xb, fb: _update(None, [(cost_fn(xb, fixed), a, fb, f)], eps, small)[0], blocks(f))
         return (new.reshape(-1)[:n],)
 
     (f,), (f_new,) = _anneal(update, (n,), a.dtype, sg(diameter), cost_range, settings)
@@ -512,9 +517,7 @@ def _converged_cross(c, a, b, diameter, settings):
     f, g = jnp.where(a > 0, f - shift, 0.0), jnp.where(b > 0, g + shift, 0.0)
     if settings.differentiation == "implicit":
         f, g = sg(f), sg(g)
-    fast, ok = _cross_fast(fixed, a, b, eps, sg(f), sg(g))
-    ok &= ~_exact_only(eps, _cost_range(fixed, a, b))
-    f_new, g_new = jax.lax.cond(ok, lambda: fast, lambda: _cross_shifted(fixed, a, b, eps, sg(f), sg(g)))
+    f_new, g_new = _update((fixed, a, b, sg(f), sg(g)), [], eps, _small_costs(eps, _cost_range(fixed, a, b)))
     return _extrapolated_value(c, c, a, b, f, g, f_new, g_new, eps, jnp.asarray(0.5, c.dtype))
 
 
