@@ -1,4 +1,5 @@
-"""Pieces both bodies share: the activations Hugging Face configs name, call-time dropout, and attention.
+"""Pieces both bodies share: the activations Hugging Face configs name, call-time dropout, attention and linear
+layers.
 
 Dropout takes its key from an `nnx.Rngs` passed to the call rather than one stored in the module, so modules hold
 parameters only and a jitted train step is a pure function of parameters and a key.
@@ -7,16 +8,30 @@ Precision follows flax's two dtypes: parameters are stored in `param_dtype` (flo
 updates at ORCA's learning rates of 1e-5 to 1e-6 are not rounded away) and matmuls and convolutions run in `dtype`
 (the compute dtype, e.g. bfloat16). Softmax and layer-norm statistics are float32 whatever `dtype` is: those are the
 exponentials and variances where bfloat16's 8-bit mantissa hurts. `param_dtype=dtype=bfloat16` is pure bfloat16.
+
+`linear` layers are `nnx.Linear`s whose weight gradient is arranged for XLA's CPU backend (see `dense_dot_general`);
+on other platforms they are plain `nnx.Linear`s.
 """
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+_SQRT_HALF = float(np.sqrt(0.5))
+
+
+def _gelu_erf(x: jax.Array) -> jax.Array:
+    """Exact GELU as PyTorch computes it, x * (1 + erf(x / sqrt(2))) / 2: jax.nn.gelu's erfc form is the same
+    function but costs XLA's CPU backend a fifth more in the forward and backward passes."""
+    return 0.5 * x * (1 + jax.lax.erf(x * jnp.asarray(_SQRT_HALF, x.dtype)))
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": _gelu_erf,
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
@@ -59,3 +74,55 @@ def attention(
         scores = scores + bias
     probs = dropout(jax.nn.softmax(scores, axis=-1).astype(v.dtype), dropout_rate, rngs)
     return jnp.einsum("...hqk,...khd->...qhd", probs, v)
+
+
+def _weight_gradient_on_cpu(x: jax.Array, g: jax.Array, precision) -> jax.Array:
+    """x^T g for x [tokens, in] and g [tokens, out], arranged so that XLA's CPU backend runs it on its fast matmul
+    library (YNNPACK), which takes only dots whose left operand contracts over its last axis. XLA otherwise hands
+    the transposed contraction to Eigen and transposes an operand inside a fused, strided loop: measured 8 % of a
+    roberta-base train step on one core. Here the smaller operand is transposed explicitly (when it is g, the
+    result is transposed back); the barriers keep XLA from folding the transposes back into the dot."""
+    if x.shape[1] <= g.shape[1]:
+        return jnp.matmul(jax.lax.optimization_barrier(x.T), g, precision=precision)
+    return jax.lax.optimization_barrier(jnp.matmul(jax.lax.optimization_barrier(g.T), x, precision=precision)).T
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dense(x: jax.Array, kernel: jax.Array, precision) -> jax.Array:
+    return jnp.matmul(x, kernel, precision=precision)
+
+
+def _dense_forward(x, kernel, precision):
+    return _dense(x, kernel, precision), (x, kernel)
+
+
+def _dense_backward(precision, residuals, g):
+    x, kernel = residuals
+    flat_x, flat_g = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    kernel_grad = jax.lax.platform_dependent(
+        flat_x,
+        flat_g,
+        cpu=functools.partial(_weight_gradient_on_cpu, precision=precision),
+        default=lambda x, g: jnp.matmul(x.T, g, precision=precision),
+    )
+    return jnp.matmul(g, kernel.T, precision=precision), kernel_grad.astype(kernel.dtype)
+
+
+_dense.defvjp(_dense_forward, _dense_backward)
+
+
+def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None):
+    """The `dot_general` of `linear` layers: `nnx.Linear`'s contraction (inputs [..., in] with the kernel [in, out])
+    with the weight gradient of `_weight_gradient_on_cpu` on CPU; the value and the gradients are those of
+    `jax.lax.dot_general`."""
+    (lhs_contract, rhs_contract), batch = dimension_numbers
+    if tuple(lhs_contract) != (lhs.ndim - 1,) or tuple(rhs_contract) != (0,) or any(batch):
+        raise NotImplementedError(f"dense_dot_general computes x @ kernel only, not {dimension_numbers}.")
+    if preferred_element_type is not None or out_sharding is not None:
+        raise NotImplementedError("dense_dot_general takes no preferred_element_type or out_sharding.")
+    return _dense(lhs, rhs, precision)
+
+
+def linear(in_features: int, out_features: int, **kwargs) -> nnx.Linear:
+    """`nnx.Linear(in_features, out_features, **kwargs)` with `dense_dot_general`."""
+    return nnx.Linear(in_features, out_features, dot_general=dense_dot_general, **kwargs)
