@@ -168,7 +168,9 @@ def abstract_task(name: str, shape: tuple, target, kind: str) -> Task:
         y, classes = np.zeros((4, target), np.int32), target
     else:
         y, classes = np.arange(4) % 2, target
-    split = Split(x, y)
+    # Per-element metadata the kind's loss reads (Cosmic's ignore mask) has the targets' shape.
+    meta = {"ignore": np.zeros(y.shape, np.uint8)} if kind == "dense_2d_binary" else {}
+    split = Split(x, y, meta)
     return Task(name, split, split, split, layout, kind, classes)
 
 
