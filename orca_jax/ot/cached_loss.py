@@ -18,7 +18,7 @@ changes an unconverged result (the ``converged`` solver does not depend on the s
 
 Per call, one [N, n] matmul gives the squared source–target distances that the outer problem and all K inner
 source-class–target problems share (the inner costs are its rows, grouped by class), and one [n, n] matmul the
-target's; the outer problem's gradient reuses them.
+target's; the gradient needs only the outer cost and the final potentials, and one [n, N] × [N, D] matmul.
 
 Memory: above 8,192 source points the source self-term is built a block of ``self_block`` rows at a time
 (O(block · N) memory instead of O(N²), at the price of recomputing the costs in every annealing step: O(N² · D)
