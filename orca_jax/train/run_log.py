@@ -8,12 +8,30 @@ they come, under `workdir/tensorboard/<stage>` (local workdirs only: tensorboard
 from __future__ import annotations
 
 import json
+import sys
 
 from etils import epath
-from tensorboardX import SummaryWriter
 
 from orca_jax.parallel import is_main_process
 from orca_jax.workdir import write_file
+
+
+def _import_summary_writer():
+    """tensorboardX's writer imports torch whenever it is installed, only to accept torch tensors (which we never
+    pass), and that import is over a second of every run's start-up. Hidden from that one import (its `except
+    ImportError` falls back to NumPy), and visible again right after, so code that does use torch is unaffected."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
+SummaryWriter = _import_summary_writer()
 
 
 class RunLog:
