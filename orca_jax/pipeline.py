@@ -19,7 +19,7 @@ from orca_jax.config import DTYPES
 from orca_jax.config_checks import check_config
 from orca_jax.data.source_features import load_or_compute
 from orca_jax.data.kinds import get_task_kind
-from orca_jax.data.tasks import Task, check_task, load_task
+from orca_jax.data.tasks import DataError, Task, check_task, load_task
 from orca_jax.models.pretrained import load_checkpoint
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
 from orca_jax.models.heads import ClassificationHead, ImageDenseHead, SequenceDenseHead
@@ -47,14 +47,14 @@ def build_model(config: ConfigDict, task: Task, objective: TaskObjective) -> Orc
     init_from_body = {"auto": config.align.epochs > 0, "body": True, "fresh": False}[config.embedder.init]
     if isinstance(body, Swin):
         if task.layout != "NHWC":
-            raise ValueError(f"Task {task.name!r} has {task.layout} inputs; a Swin body takes images (NHWC).")
+            raise DataError(f"Task {task.name!r} has {task.layout} inputs; a Swin body takes images (NHWC).")
         embedder = ImageEmbedder.from_body(
             body, task.input_shape[-1], init_from_body=init_from_body, antialias=config.embedder.antialias, rngs=rngs
         )
         width = body.config.num_features
     else:
         if task.layout != "NLC":
-            raise ValueError(f"Task {task.name!r} has {task.layout} inputs; a text body takes sequences (NLC).")
+            raise DataError(f"Task {task.name!r} has {task.layout} inputs; a text body takes sequences (NLC).")
         length, channels = task.input_shape
         embedder = SequenceEmbedder.from_body(
             body, channels, length, target_seq_len=config.embedder.target_seq_len, init_from_body=init_from_body,
@@ -99,6 +99,9 @@ def load_configured_task(config: ConfigDict) -> Task:
 
 class DiskFullError(OSError):
     """The workdir's file system ran out of space: said once, plainly, instead of a wall of write errors."""
+
+    def __str__(self) -> str:  # the message alone: OSError's own form prefixes "[Errno 28]"
+        return self.strerror
 
 
 def run(config: ConfigDict, workdir: str | epath.PathLike, task: Task | None = None, *, restart: bool = False) -> dict:

@@ -152,8 +152,8 @@ def claim(workdir: epath.PathLike, config: ConfigDict, *, restart: bool = False)
                 f"Workdir {workdir} holds a run of another experiment: {diffs}. Resuming would mix the two in one "
                 "summary. Choose another workdir, or start over in this one (scripts/train.py --restart, or "
                 "pipeline.run(..., restart=True): deletes this run's checkpoints and results). (A resumed run may "
-                f"change: {', '.join(SAFE_TO_CHANGE)}"
-                + ("; align.epochs only until the refine stage starts" if started_refine else "") + ".)"
+                f"change: {', '.join(f.rstrip('.') + ('.*' if f.endswith('.') else '') for f in SAFE_TO_CHANGE)}"
+                + ("; align.epochs only until the refine stage starts" if started_refine else "") + ")."
             )
         if changed:
             log.info("resuming %s with %s changed", workdir, ", ".join(changed))

@@ -2,8 +2,9 @@
 
 Override any field with `--config.<field>=<value>` (e.g. `--config.align.epochs=10`); a mistyped field is an
 error. Re-running with the same workdir resumes what a previous, interrupted run left there; `--restart` starts it
-over. Exit status: 0 done; 1 the run failed (the message says why and what to do); 2 the config or the workdir cannot
-be used (nothing was started); 75 stopped by SIGTERM after saving a checkpoint (rerun the same command to resume).
+over. Exit status: 0 done; 1 the run failed (the message says why and what to do); 2 the config, the data, the
+weight files or the workdir cannot be used (nothing was trained); 75 stopped by SIGTERM after saving a checkpoint
+(rerun the same command to resume).
 """
 
 import json
@@ -14,7 +15,9 @@ from ml_collections import config_flags
 
 from orca_jax.cli import start
 from orca_jax.config_checks import ConfigError
+from orca_jax.data import DataError
 from orca_jax.pipeline import DiskFullError, run
+from orca_jax.weights import CheckpointFormatError
 from orca_jax.workdir import WorkdirError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -28,7 +31,7 @@ def main(argv):
     start()
     try:
         summary = run(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value)
-    except (ConfigError, WorkdirError) as error:
+    except (ConfigError, DataError, CheckpointFormatError, WorkdirError) as error:
         print(error, file=sys.stderr)  # the message names the fields and the fix; a traceback would only bury it
         sys.exit(2)
     except (DiskFullError, FloatingPointError) as error:

@@ -24,6 +24,10 @@ Y = (X[:, :, 0].mean(1) > 0).astype(np.int64)
 STEPS = 5  # 40 training examples in batches of 8
 
 
+def _not_json(constant):
+    raise AssertionError(f"{constant} is not JSON")
+
+
 @pytest.fixture(scope="module")
 def body(tmp_path_factory):
     return save_tiny_text_model("roberta", tmp_path_factory.mktemp("body"), tokenizer=True)
@@ -121,7 +125,7 @@ def test_a_missing_best_checkpoint_is_said_in_the_summary(body, tmp_path):
     shutil.rmtree(workdir / "refine_best")
     summary = run(config(body, tmp_path, epochs=1), workdir, task=task())
     assert any("refine_best is missing or damaged" in note for note in summary["refine"]["notes"])
-    json.loads((workdir / "summary.json").read_text())  # strict JSON
+    json.loads((workdir / "summary.json").read_text(), parse_constant=_not_json)  # strict JSON: no NaN, no Infinity
 
 
 def test_a_full_disk_is_said_once_plainly(body, tmp_path, monkeypatch):

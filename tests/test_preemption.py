@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from orca_jax.parallel import PREEMPTED_EXIT_CODE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -69,7 +71,7 @@ def test_sigterm_and_sigkill_then_restart_equal_an_uninterrupted_run(tmp_path):
     result = run_to_end(whole, cache)
     assert result.returncode == 0, result.stderr[-3000:]
     # SIGTERM in the second epoch: a clean stop with a mid-epoch checkpoint (16 steps per epoch).
-    assert interrupt_after_step(parts, cache, signal.SIGTERM, step=16) != 0
+    assert interrupt_after_step(parts, cache, signal.SIGTERM, step=16) == PREEMPTED_EXIT_CODE
     steps = checkpoint_steps(parts)
     assert steps[-1] % 16 != 0, steps
     # Restarted, then SIGKILLed in the third epoch: no chance to save, the epoch-2 checkpoint must do.

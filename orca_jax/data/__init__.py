@@ -11,11 +11,12 @@ from orca_jax.data.source_features import (
 )
 from orca_jax.data.source_set import OFFICIAL_SOURCE_SIZE, SourceSet
 from orca_jax.data.sources import SOURCES, load_source
-from orca_jax.data.tasks import TASK_LOADERS, Split, Task, TaskData, check_task, load_task, task_from_arrays
+from orca_jax.data.tasks import TASK_LOADERS, DataError, Split, Task, TaskData, check_task, load_task, task_from_arrays
 
 import orca_jax.data.benchmarks  # noqa: E402,F401  (registers the benchmark tasks in TASK_LOADERS, lazily)
 
 __all__ = [
+    "DataError",
     "OFFICIAL_SOURCE_SIZE",
     "SOURCES",
     "SourceFeatures",

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from orca_jax.data.tasks import LAYOUTS, Split, TaskData
+from orca_jax.data.tasks import LAYOUTS, DataError, Split, TaskData
 
 _NAMES = ("x", "y", "x_test", "y_test")
 
@@ -41,12 +41,12 @@ def load_npz(path: str, *, data_dir: str | None = None) -> TaskData:
             with np.load(file, allow_pickle=False) as archive:
                 arrays = {n: archive[n] for n in archive.files}
         except (ValueError, OSError) as error:
-            raise ValueError(f"npz:{path}: {file} is not a readable .npz archive of arrays ({error}); write it with "
+            raise DataError(f"npz:{path}: {file} is not a readable .npz archive of arrays ({error}); write it with "
                              "np.savez(path, x=..., y=...).") from error
         missing = [n for n in ("x", "y") if n not in arrays]
         unknown = sorted(set(arrays) - set(_NAMES))
         if missing or unknown:
-            raise ValueError(
+            raise DataError(
                 f"npz:{path}: the archive holds {sorted(arrays)}; it needs x and y (and optionally x_test, y_test)"
                 + (f", and {unknown} are not read: rename them" if unknown else "") + "."
             )
@@ -59,22 +59,22 @@ def load_npz(path: str, *, data_dir: str | None = None) -> TaskData:
 def task_data_from_arrays(x: Any, y: Any, x_test: Any = None, y_test: Any = None, *, source: str) -> TaskData:
     """`TaskData` from arrays laid out as described in the module docstring."""
     if (x_test is None) != (y_test is None):
-        raise ValueError(f"{source}: give both x_test and y_test, or neither (then a test split is held out).")
+        raise DataError(f"{source}: give both x_test and y_test, or neither (then a test split is held out).")
     x, y = _as_array(x, f"{source} x"), _as_array(y, f"{source} y")
     layouts = {rank: layout for layout, rank in LAYOUTS.items()}
     if x.ndim not in layouts:
-        raise ValueError(
+        raise DataError(
             f"{source}: x has shape {x.shape}; use [N, length, channels] for sequences or [N, height, width, "
             "channels] for images (channels last; add a channel axis with x[..., None] for one channel; a table "
             "[N, features] is one token of `features` channels: x[:, None, :])."
         )
     if len(x) != len(y):
-        raise ValueError(f"{source}: x has {len(x)} examples but y has {len(y)}.")
+        raise DataError(f"{source}: x has {len(x)} examples but y has {len(y)}.")
     test = None
     if x_test is not None:
         x_test, y_test = _as_array(x_test, f"{source} x_test"), _as_array(y_test, f"{source} y_test")
         if len(x_test) != len(y_test):
-            raise ValueError(f"{source}: x_test has {len(x_test)} examples but y_test has {len(y_test)}.")
+            raise DataError(f"{source}: x_test has {len(x_test)} examples but y_test has {len(y_test)}.")
         test = Split(x_test, y_test)
     kind = "classification" if y.ndim == 1 and np.issubdtype(y.dtype, np.integer) else None
     return TaskData(Split(x, y), test, layouts[x.ndim], kind)
@@ -85,5 +85,5 @@ def _as_array(value: Any, where: str) -> Any:
         return value
     array = np.asarray(value)
     if array.dtype == object:
-        raise ValueError(f"{where} is not a numeric array (dtype object); stack it into one array of numbers.")
+        raise DataError(f"{where} is not a numeric array (dtype object); stack it into one array of numbers.")
     return array

@@ -39,6 +39,13 @@ from orca_jax.data.kinds import TASK_KINDS, get_task_kind
 
 log = logging.getLogger(__name__)
 
+
+class DataError(ValueError):
+    """The task's data cannot be used as given (shape, dtype, label range, NaN, an empty split, an unknown name):
+    the message names the field, the bad value and the fix. Raised before any compilation; `scripts/train.py`
+    prints it without a traceback and exits with status 2."""
+
+
 LAYOUTS = {"NLC": 3, "NHWC": 4}  # layout -> rank of x, batch axis included
 _DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED = 0.2, 0
 HELD_OUT_TEST_SEED = 0  # the constant seed of test splits held out from data that ships none
@@ -96,10 +103,10 @@ class Split:
 
     def __post_init__(self):
         if len(self.x) != len(self.y):
-            raise ValueError(f"Split has {len(self.x)} inputs but {len(self.y)} targets.")
+            raise DataError(f"Split has {len(self.x)} inputs but {len(self.y)} targets.")
         for name, values in self.meta.items():
             if len(values) != len(self.y):
-                raise ValueError(f"Split meta {name!r} has {len(values)} entries for {len(self.y)} examples.")
+                raise DataError(f"Split meta {name!r} has {len(values)} entries for {len(self.y)} examples.")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -200,7 +207,7 @@ def scheme_loader(name: str) -> Callable[..., TaskData] | None:
         from orca_jax.data.tfds_tasks import load_tfds_task
 
         return load_tfds_task
-    raise ValueError(f"Unknown task scheme {scheme!r} in {name!r}; use npz:PATH or tfds:NAME.")
+    raise DataError(f"Unknown task scheme {scheme!r} in {name!r}; use npz:PATH or tfds:NAME.")
 
 
 def load_task(
@@ -222,7 +229,7 @@ def load_task(
     count inferred from the targets.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"task.val_fraction={val_fraction} must be strictly between 0 and 1 (e.g. 0.1).")
+        raise DataError(f"task.val_fraction={val_fraction} must be strictly between 0 and 1 (e.g. 0.1).")
     loader = scheme_loader(name)
     if loader is not None:
         data = loader(name.partition(":")[2], data_dir=data_dir)
@@ -231,7 +238,7 @@ def load_task(
     else:
         close = difflib.get_close_matches(name, sorted(TASK_LOADERS), n=3)
         hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
-        raise ValueError(f"Unknown task {name!r}; {hint}known: {sorted(TASK_LOADERS)}, or npz:PATH, tfds:NAME.")
+        raise DataError(f"Unknown task {name!r}; {hint}known: {sorted(TASK_LOADERS)}, or npz:PATH, tfds:NAME.")
     return _assemble(name, data, kind=kind, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                      train_size=train_size, num_classes=num_classes)
 
@@ -252,7 +259,7 @@ def task_from_arrays(
 def _assemble(name, data: TaskData, *, kind, val_fraction, test_fraction, seed, train_size, num_classes) -> Task:
     kind = kind or data.kind
     if kind is None:
-        raise ValueError(
+        raise DataError(
             f"Task {name!r}: cannot tell the kind of task from targets of shape {tuple(data.train.y.shape)} and dtype "
             f"{data.train.y.dtype}; set it, e.g. --config.task.kind=dense_1d (known: {sorted(TASK_KINDS)})."
         )
@@ -260,14 +267,14 @@ def _assemble(name, data: TaskData, *, kind, val_fraction, test_fraction, seed, 
     test = data.test
     if test is None:
         if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"task.test_fraction={test_fraction} must be strictly between 0 and 1 (e.g. 0.2).")
+            raise DataError(f"task.test_fraction={test_fraction} must be strictly between 0 and 1 (e.g. 0.2).")
         train_all, test = held_out(data.train, test_fraction, HELD_OUT_TEST_SEED)
     else:
         train_all = data.train
     train, val = held_out(train_all, val_fraction, seed)
     if train_size:
         if not 0 < train_size <= len(train):
-            raise ValueError(f"task.train_size={train_size} must be in [1, {len(train)}] for task {name!r}.")
+            raise DataError(f"task.train_size={train_size} must be in [1, {len(train)}] for task {name!r}.")
         train = train.take(np.sort(np.random.default_rng(seed).permutation(len(train))[:train_size]))
     count = num_classes or data.num_classes or _count_classes(get_task_kind(kind).targets, (train_all, test))
     task = Task(name, train, val, test, data.layout, kind, count, data.train_transform)
@@ -304,7 +311,7 @@ def _check_finite(where: str, array: Any) -> None:
     bad = ~np.isfinite(values)
     if bad.any():
         first = np.argwhere(bad)[0]
-        raise ValueError(
+        raise DataError(
             f"{where} holds {int(bad.sum())} NaN or infinite values (first at index {tuple(int(i) for i in first)}"
             f"{' of a sample of rows' if values is not array else ''}); remove or impute them before training."
         )
@@ -316,7 +323,7 @@ def check_task(task: Task) -> None:
     infinite values, class ids out of range, multi-label targets outside {0, 1}."""
     kind = get_task_kind(task.kind)
     if task.layout not in LAYOUTS:
-        raise ValueError(f"Task {task.name!r} has layout {task.layout!r}; use one of {sorted(LAYOUTS)}.")
+        raise DataError(f"Task {task.name!r} has layout {task.layout!r}; use one of {sorted(LAYOUTS)}.")
     rank = LAYOUTS[task.layout]
     splits = {"train": task.train, "val": task.val, "test": task.test}
     for split_name, split in splits.items():
@@ -324,23 +331,23 @@ def check_task(task: Task) -> None:
         if len(split) == 0:
             fix = ("lower task.val_fraction or add training data" if split_name in ("train", "val")
                    else "provide test data or a larger task.test_fraction")
-            raise ValueError(f"{where} split is empty; {fix}.")
+            raise DataError(f"{where} split is empty; {fix}.")
         if len(split.x.shape) != rank:
-            raise ValueError(
+            raise DataError(
                 f"{where} inputs have shape {tuple(split.x.shape)}, but {task.layout} inputs have rank {rank} "
                 + ("([N, length, channels]: add a channel axis with x[..., None])" if task.layout == "NLC"
                    else "([N, height, width, channels]: add a channel axis with x[..., None])") + "."
             )
         if tuple(split.x.shape[1:]) != task.input_shape:
-            raise ValueError(f"{where} inputs have example shape {tuple(split.x.shape[1:])} but the training inputs "
+            raise DataError(f"{where} inputs have example shape {tuple(split.x.shape[1:])} but the training inputs "
                              f"have {task.input_shape}; every split needs the same shape.")
         if tuple(split.y.shape[1:]) != task.target_shape:
-            raise ValueError(f"{where} targets have example shape {tuple(split.y.shape[1:])} but the training "
+            raise DataError(f"{where} targets have example shape {tuple(split.y.shape[1:])} but the training "
                              f"targets have {task.target_shape}; every split needs the same shape.")
         if not (np.issubdtype(split.x.dtype, np.number) or split.x.dtype == bool) or np.issubdtype(
             split.x.dtype, np.complexfloating
         ):
-            raise ValueError(f"{where} inputs have dtype {split.x.dtype}; inputs must be real numbers (e.g. "
+            raise DataError(f"{where} inputs have dtype {split.x.dtype}; inputs must be real numbers (e.g. "
                              "x.astype(np.float32)).")
         _check_finite(f"{where} inputs", split.x)
         _check_targets(where, task, kind, split.y)
@@ -350,46 +357,46 @@ def _check_targets(where: str, task: Task, kind, y: Any) -> None:
     shape, dtype = tuple(y.shape), np.dtype(y.dtype)
     if kind.targets == "classes":
         if len(shape) != 1 or not np.issubdtype(dtype, np.integer):
-            raise ValueError(
+            raise DataError(
                 f"{where} targets have shape {shape} and dtype {dtype}, but kind {task.kind!r} takes one integer "
                 "class id per example ([N], e.g. y.astype(np.int64)); for other targets set task.kind (one of "
                 f"{sorted(TASK_KINDS)})."
             )
         if task.num_classes is None or task.num_classes < 2:
-            raise ValueError(f"Task {task.name!r} has num_classes={task.num_classes}; classification needs at least 2 "
+            raise DataError(f"Task {task.name!r} has num_classes={task.num_classes}; classification needs at least 2 "
                              "(set task.num_classes).")
         values = _rows_to_check(y)
         low, high = int(np.min(values)), int(np.max(values))
         if low < 0 or high >= task.num_classes:
-            raise ValueError(
+            raise DataError(
                 f"{where} targets hold class id {low if low < 0 else high}, outside [0, {task.num_classes}); class ids "
                 "must run from 0 to num_classes - 1 (re-index them, or set task.num_classes)."
             )
         return
     if kind.targets == "multilabel":
         if len(shape) != 2:
-            raise ValueError(f"{where} targets have shape {shape}; kind {task.kind!r} takes {{0, 1}} targets "
+            raise DataError(f"{where} targets have shape {shape}; kind {task.kind!r} takes {{0, 1}} targets "
                              "[N, labels].")
         values = _rows_to_check(y)
         if not np.isin(values, (0, 1)).all():
             bad = values[~np.isin(values, (0, 1))].ravel()[0]
-            raise ValueError(f"{where} targets hold {bad!r}; multi-label targets must be 0 or 1.")
+            raise DataError(f"{where} targets hold {bad!r}; multi-label targets must be 0 or 1.")
         return
     if not (np.issubdtype(dtype, np.number) or dtype == bool):
-        raise ValueError(f"{where} targets have dtype {dtype}; kind {task.kind!r} takes real-valued targets.")
+        raise DataError(f"{where} targets have dtype {dtype}; kind {task.kind!r} takes real-valued targets.")
     _check_finite(f"{where} targets", y)
     if kind.head == "linear" and len(shape) not in (1, 2):
-        raise ValueError(f"{where} targets have shape {shape}; kind {task.kind!r} (a linear head) takes targets [N] "
+        raise DataError(f"{where} targets have shape {shape}; kind {task.kind!r} (a linear head) takes targets [N] "
                          "or [N, outputs]; for per-position outputs use a dense kind.")
     if kind.head == "dense_1d":
         if task.layout != "NLC" or len(shape) not in (2, 3) or shape[1] != task.input_shape[0]:
-            raise ValueError(
+            raise DataError(
                 f"{where} targets have shape {shape} for inputs {tuple(task.train.x.shape)}; kind {task.kind!r} "
                 "predicts one value (or channel vector) per input position of a sequence: targets [N, length] or "
                 "[N, length, channels] with the inputs' length (the official 1D dense head)."
             )
     if kind.head == "dense_2d" and (task.layout != "NHWC" or len(shape) not in (3, 4)):
-        raise ValueError(
+        raise DataError(
             f"{where} targets have shape {shape} for {task.layout} inputs; kind {task.kind!r} takes image inputs "
             "and targets [N, height, width] or [N, height, width, channels] (any size: the head pools to it)."
         )

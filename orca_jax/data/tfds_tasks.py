@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from orca_jax.data.tasks import Split, TaskData
+from orca_jax.data.tasks import DataError, Split, TaskData
 
 
 class TfdsColumn:
@@ -63,22 +63,22 @@ def load_tfds_task(name: str, *, data_dir: str | None = None) -> TaskData:
             "--data_dir DIR`, then pass --config.task.data_dir=DIR."
         ) from error
     if "train" not in sources:
-        raise ValueError(f"tfds:{name} has splits {sorted(builder.info.splits)}; a task needs a 'train' split.")
+        raise DataError(f"tfds:{name} has splits {sorted(builder.info.splits)}; a task needs a 'train' split.")
     features = builder.info.features
     labels = [k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)]
     if len(labels) != 1:
-        raise ValueError(f"tfds:{name} has features {sorted(features)} with {len(labels)} ClassLabel features; a "
+        raise DataError(f"tfds:{name} has features {sorted(features)} with {len(labels)} ClassLabel features; a "
                          "classification task needs exactly one (use npz:PATH for other data).")
     label = labels[0]
     example = sources["train"][0]
     numeric = [k for k in features if k != label and np.issubdtype(np.asarray(example[k]).dtype, np.number)]
     key = "image" if "image" in features else (numeric[0] if len(numeric) == 1 else None)
     if key is None:
-        raise ValueError(f"tfds:{name}: cannot tell the input among features {sorted(features)} (numeric: {numeric}); "
+        raise DataError(f"tfds:{name}: cannot tell the input among features {sorted(features)} (numeric: {numeric}); "
                          "export the arrays and use npz:PATH.")
     value = np.asarray(example[key])
     if value.ndim not in (1, 2, 3):
-        raise ValueError(f"tfds:{name}: input feature {key!r} has example shape {value.shape}; only images [H, W, C] "
+        raise DataError(f"tfds:{name}: input feature {key!r} has example shape {value.shape}; only images [H, W, C] "
                          "and sequences [L] or [L, C] are supported.")
     layout = "NHWC" if value.ndim == 3 else "NLC"
 
