@@ -369,8 +369,10 @@ def results_markdown(records: Sequence[RunRecord], rows: Sequence[dict], confide
         (f"{len(records)} runs: {len(rows)} variants x seeds {', '.join(map(str, seeds))}. Each cell is the mean over "
          f"the seeds whose run finished, then the {confidence:.0%} interval [low, high] from Student's t with n - 1 "
          "degrees of freedom (mean ± t·s/√n; none for a single run); (n=k) where fewer runs report the number. "
-         f"Metric: {metric_phrase(metrics)}. Final distance: the align stage's distance_after (variants refined from "
-         "another's aligned embedder report that run's). Wall time: seconds in pipeline.run over all attempts, "
+         f"Metric: {metric_phrase(metrics)}. Final distance: the align stage's distance_after in the variant's own "
+         "objective (OTDD, MMD or l2 values share no scale: compare distances only between variants of one objective), "
+         "or, without an align stage, the distance where the refine stage starts; variants refined from another's "
+         "aligned embedder report that run's. Wall time: seconds in pipeline.run over all attempts, "
          "loading and compiling included (a refine-only variant's excludes the alignment it starts from)."),
         "",
     ]
@@ -411,21 +413,33 @@ def _colours(names: Sequence[str]) -> dict:
     return {name: cycle(i % cycle.N) for i, name in enumerate(names)}
 
 
+def _objective(record: RunRecord) -> str:
+    return str(((record.summary or {}).get("align") or {}).get("objective", "unknown"))
+
+
 def plot_distance_vs_metric(records: Sequence[RunRecord], rows: Sequence[dict]) -> bytes:
-    """The paper's Fig. 4 shape: one point per run, final distance against test metric, coloured by variant."""
+    """The paper's Fig. 4 shape: one point per run, final distance against test metric, coloured by variant; one
+    panel per alignment objective, since an MMD and an OTDD value share no scale."""
     colours = _colours([row["variant"] for row in rows])
+    finished = [r for r in records if r.status != "failed"]
+    objectives = sorted({_objective(r) for r in finished}) or ["unknown"]
 
     def draw(plt):
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-        for name, colour in colours.items():
-            points = [(r.distance, r.test) for r in records if r.variant == name and r.status != "failed"]
-            shown = [(d, t) for d, t in points if d is not None and t is not None]
-            label = name + ("" if len(shown) == len(points) else f" ({len(points) - len(shown)} without a distance)")
-            ax.scatter([d for d, _ in shown], [t for _, t in shown], color=colour, label=label, s=30)
-        ax.set_xlabel("final distance (align distance_after)")
-        ax.set_ylabel(f"test {metric_phrase([row['metric'] for row in rows])}")
-        ax.set_title("one point per run")
-        ax.legend(fontsize=7)
+        fig, axes = plt.subplots(1, len(objectives), figsize=(3 + 3 * len(objectives), 4), dpi=120, sharey=True,
+                                 squeeze=False)
+        for ax, objective in zip(axes[0], objectives):
+            for name, colour in colours.items():
+                points = [(r.distance, r.test) for r in finished if r.variant == name and _objective(r) == objective]
+                if not points:
+                    continue
+                shown = [(d, t) for d, t in points if d is not None and t is not None]
+                missing = len(points) - len(shown)
+                label = name + (f" ({missing} without a distance)" if missing else "")
+                ax.scatter([d for d, _ in shown], [t for _, t in shown], color=colour, label=label, s=30)
+            ax.set_xlabel(f"final {objective} distance")
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel(f"test {metric_phrase([row['metric'] for row in rows])}")
+        fig.suptitle("one point per run; one panel per alignment objective", fontsize=9)
         return fig
 
     return _png(draw)
