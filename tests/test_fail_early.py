@@ -61,8 +61,10 @@ def test_sigterm_on_the_last_step_of_an_epoch_finishes_the_epoch_and_resumes(bod
                 run(config(body, tmp_path, epochs=3), workdir, task=task())
             assert stopped.value.code == PREEMPTED_EXIT_CODE
             assert [r["epoch"] for r in history(workdir)] == [1]  # the epoch was finished and evaluated
-        monkeypatch.setattr(PreemptionGuard, "should_stop", real_should_stop)
+            monkeypatch.setattr(PreemptionGuard, "should_stop", real_should_stop)
+        # Resumed; or, stopped on the final epoch's last step, nothing is left to stop for: the run just ends.
         resumed = run(config(body, tmp_path, epochs=3), workdir, task=task())
+        monkeypatch.setattr(PreemptionGuard, "should_stop", real_should_stop)
         assert [r["train_loss"] for r in history(workdir)] == pytest.approx(
             [r["train_loss"] for r in history(tmp_path / "whole")], rel=1e-6)
         assert resumed["refine"]["test_accuracy"] == whole["refine"]["test_accuracy"]
@@ -74,6 +76,17 @@ def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoi
     c.optimizer.update(dict(name="sgd", learning_rate=1e30, momentum=0.0, weight_decay=0.0))
     with pytest.raises(FloatingPointError, match=r"training loss is (nan|inf) at epoch 1, step \d+; stopped without "
                                                  "saving .*Lower optimizer.learning_rate"):
+        run(c, tmp_path / "w", task=task())
+    assert not (tmp_path / "w" / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_a_non_finite_distance_stops_the_align_stage_with_its_epoch(body, tmp_path):
+    c = config(body, tmp_path, epochs=0)
+    c.align.update(dict(epochs=3, objective="otdd-exact", checkpoint_every=1))
+    c.optimizer.update(dict(name="sgd", learning_rate=1e30, momentum=0.0, weight_decay=0.0))
+    with pytest.raises(FloatingPointError, match=r"align: the distance is (nan|inf) at epoch [23]; stopped without "
+                                                 r"saving \(the last good checkpoint, epoch [12], is kept\)"):
         run(c, tmp_path / "w", task=task())
     assert not (tmp_path / "w" / "summary.json").exists()
 
