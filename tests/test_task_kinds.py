@@ -28,7 +28,9 @@ def bodies(tmp_path_factory):
                                      window_size=4)
     torch.manual_seed(0)
     transformers.SwinModel(config).save_pretrained(root / "swin")
-    return {"text": save_tiny_text_model("roberta", root / "text", tokenizer=True), "image": root / "swin"}
+    # One source-feature cache for the module: each body's features are computed once, not once per kind.
+    return {"text": save_tiny_text_model("roberta", root / "text", tokenizer=True), "image": root / "swin",
+            "cache": root / "source_features"}
 
 
 def _softmax(z):
@@ -64,10 +66,10 @@ CASES = {
 }
 
 
-def smoke_config(body_dir, body, tmp_path, **task):
+def smoke_config(bodies, body, **task):
     config = load_config_file(ROOT / "configs" / "own_data.py", "smoke")
-    config.body.checkpoint = str(body_dir)
-    config.source.cache_dir = str(tmp_path / "cache")
+    config.body.checkpoint = str(bodies[body])
+    config.source.cache_dir = str(bodies["cache"])
     if body == "image":
         config.source.name = "digits"
     config.task.update(task)
@@ -79,7 +81,7 @@ def smoke_config(body_dir, body, tmp_path, **task):
 def test_every_kind_aligns_refines_and_reports_an_honest_metric(kind, bodies, tmp_path):
     body, x, y, options, reference = CASES[kind]
     task = task_from_arrays(x, y, kind=kind, val_fraction=0.25, test_fraction=0.25)
-    summary = run(smoke_config(bodies[body], body, tmp_path, **options), tmp_path / "work", task=task)
+    summary = run(smoke_config(bodies, body, **options), tmp_path / "work", task=task)
     assert summary["kind"] == kind
     assert np.isfinite(summary["align"]["distance_before"]) and np.isfinite(summary["align"]["distance_after"])
     refine = summary["refine"]
@@ -98,7 +100,7 @@ def test_own_npz_dense_1d_through_the_command_line(bodies, tmp_path):
     result = subprocess.run(
         [sys.executable, "scripts/train.py", "--config=configs/own_data.py:smoke", f"--workdir={tmp_path / 'w'}",
          f"--config.task.name=npz:{tmp_path / 'data.npz'}", "--config.task.kind=dense_1d",
-         f"--config.body.checkpoint={bodies['text']}", f"--config.source.cache_dir={tmp_path / 'cache'}",
+         f"--config.body.checkpoint={bodies['text']}", f"--config.source.cache_dir={bodies['cache']}",
          "--config.refine.select=last"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
@@ -110,7 +112,7 @@ def test_own_npz_dense_1d_through_the_command_line(bodies, tmp_path):
 
 def test_loss_options_are_checked_against_the_loss(bodies, tmp_path):
     task = task_from_arrays(SEQ, CLASSES)
-    config = smoke_config(bodies["text"], "text", tmp_path, pos_weight=3.0)
+    config = smoke_config(bodies, "text", pos_weight=3.0)
     with pytest.raises(ValueError, match="task.pos_weight=3.0 weights binary cross-entropy, but the loss is "
                                          "'cross_entropy'"):
         run(config, tmp_path / "w", task=task)
