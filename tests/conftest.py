@@ -1,5 +1,5 @@
 """Test set-up: JAX on 8 fake CPU devices (sharding tests run anywhere), no network, float32 matmuls at full
-precision, compiled quickly. This must run before anything imports jax, which conftest.py guarantees.
+precision. This must run before anything imports jax, which conftest.py guarantees.
 
 Compiled programs go to a persistent compilation cache private to this session (also used by the command-line runs
 the tests start, through the environment): many tests build the same tiny models, and a program compiled once is
@@ -11,13 +11,7 @@ import os
 import shutil
 import tempfile
 
-# The tests compile hundreds of tiny programs whose run time is negligible next to their compile time: LLVM's
-# optimisation passes are skipped (a quarter less wall time for the suite; the HLO, hence the numerics, is the same).
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-    " --xla_llvm_disable_expensive_passes=true"
-).strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

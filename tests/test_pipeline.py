@@ -20,18 +20,6 @@ def load_config(name, variant="smoke"):
 
 
 @pytest.mark.slow
-def test_mnist1d_smoke_aligns_with_the_packaged_minilm(tmp_path):
-    config = load_config("mnist1d")
-    config.source.cache_dir = str(tmp_path / "cache")
-    summary = run(config, tmp_path / "work")
-    assert summary["align"]["distance_after"] < summary["align"]["distance_before"]
-    for name in ("summary.json", "config.json", "align_metrics.jsonl", "align_distance.png", "align_summary.json"):
-        assert (tmp_path / "work" / name).is_file(), name
-    assert (tmp_path / "work" / "aligned_embedder").is_dir()
-    assert json.loads((tmp_path / "work" / "summary.json").read_text()) == summary
-
-
-@pytest.mark.slow
 def test_digits_smoke_runs_the_2d_path_on_a_tiny_swin(tmp_path):
     config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
                                      window_size=4)
@@ -82,13 +70,18 @@ def test_align_labels_are_pseudo_labels_for_tasks_without_classes():
 
 
 @pytest.mark.slow
-def test_demo_smoke_aligns_then_refines(tmp_path):
+def test_demo_smoke_aligns_with_the_packaged_minilm_then_refines(tmp_path):
     config = load_config("demo")
     config.source.cache_dir = str(tmp_path / "cache")
     summary = run(config, tmp_path / "work")
+    assert summary["align"]["distance_after"] < summary["align"]["distance_before"]
     refine = summary["refine"]
     assert refine["metric"] == "accuracy" and 0.0 <= refine["test_accuracy"] <= 1.0
-    assert (tmp_path / "work" / "refine_metrics.jsonl").is_file() and (tmp_path / "work" / "refine_best").is_dir()
+    for name in ("summary.json", "config.json", "align_metrics.jsonl", "align_distance.png", "align_summary.json",
+                 "refine_metrics.jsonl"):
+        assert (tmp_path / "work" / name).is_file(), name
+    assert (tmp_path / "work" / "aligned_embedder").is_dir() and (tmp_path / "work" / "refine_best").is_dir()
+    assert json.loads((tmp_path / "work" / "summary.json").read_text()) == summary
 
 
 def test_a_random_body_has_the_architecture_not_the_weights(tmp_path):
