@@ -21,7 +21,7 @@ def command(workdir, data, body, cache):
     return [
         sys.executable, "scripts/train.py", "--config=configs/own_data.py:smoke", f"--workdir={workdir}",
         f"--config.task.name=npz:{data}", f"--config.body.checkpoint={body}", f"--config.source.cache_dir={cache}",
-        "--config.refine.epochs=3", "--config.task.val_fraction=0.25",
+        "--config.task.kind=classification", "--config.refine.epochs=3", "--config.task.val_fraction=0.25",
     ]
 
 

@@ -260,18 +260,18 @@ def _command(script, tiny, workdir, *args):
 @pytest.mark.slow
 def test_sweep_end_to_end_on_a_tiny_body(tiny, tmp_path):
     command = _command("sweep.py", tiny, tmp_path, f"--config.body.checkpoint={tiny['roberta']}", "--sweep=ablations",
-                       "--variants=layernorm", "--seeds=0,1")
+                       "--variants=layernorm", "--seeds=0")
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[1/4] otdd-annealed seed 0: done in" in result.stdout  # the base came along, and ran first
-    assert "[4/4] layernorm seed 1: done in" in result.stdout
+    assert "[1/2] otdd-annealed seed 0: done in" in result.stdout  # the base came along, and ran first
+    assert "[2/2] layernorm seed 0: done in" in result.stdout
 
     rows = {row["variant"]: row for row in _read_csv(tmp_path / "results.csv")}
-    assert list(rows) == ["otdd-annealed", "layernorm"] and all(r["runs"] == "2" for r in rows.values())
+    assert list(rows) == ["otdd-annealed", "layernorm"] and all(r["runs"] == "1" for r in rows.values())
     assert rows["layernorm"]["distance_mean"] == rows["otdd-annealed"]["distance_mean"]
     runs = _read_csv(tmp_path / "runs.csv")
     assert all(math.isfinite(float(r["test"])) for r in runs)
-    for seed in (0, 1):
+    for seed in (0,):  # intervals over several seeds: the stub-run tests above
         summary = json.loads((tmp_path / "layernorm" / f"seed{seed}" / "summary.json").read_text())
         # No align stage of its own: the distance is measured where the reused embedder stands.
         assert summary["align"]["epochs"] == 0 and math.isfinite(summary["align"]["distance_after"])
@@ -284,7 +284,7 @@ def test_sweep_end_to_end_on_a_tiny_body(tiny, tmp_path):
     config.task.name, config.source.cache_dir = f"npz:{tiny['root'] / 'data.npz'}", str(tiny["root"] / "cache")
     config.refine.epochs, config.body.checkpoint = 1, str(tiny["roberta"])
     stub = StubRun()
-    records = run_sweep(config, select_variants(SWEEPS["ablations"], ["layernorm"]), [0, 1], tmp_path, run_fn=stub)
+    records = run_sweep(config, select_variants(SWEEPS["ablations"], ["layernorm"]), [0], tmp_path, run_fn=stub)
     assert stub.calls == [] and {r.status for r in records} == {"skipped"}
 
 

@@ -1,9 +1,6 @@
 """Every task kind runs align + refine end to end on small synthetic data, and the test metric it reports equals an
 independent computation (scikit-learn or by hand) on the test outputs it saved."""
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,23 +88,6 @@ def test_every_kind_aligns_refines_and_reports_an_honest_metric(kind, bodies, tm
     assert refine[f"test_{refine['metric']}"] == pytest.approx(reference(saved["outputs"], saved["targets"]),
                                                                rel=1e-5, abs=1e-6)
     assert "notes" in refine  # 24 validation examples: the run says selection on them is noisy
-
-
-@pytest.mark.slow
-def test_own_npz_dense_1d_through_the_command_line(bodies, tmp_path):
-    x = SEQ
-    np.savez(tmp_path / "data.npz", x=x, y=np.cumsum(x[..., 0], axis=1))
-    result = subprocess.run(
-        [sys.executable, "scripts/train.py", "--config=configs/own_data.py:smoke", f"--workdir={tmp_path / 'w'}",
-         f"--config.task.name=npz:{tmp_path / 'data.npz'}", "--config.task.kind=dense_1d",
-         f"--config.body.checkpoint={bodies['text']}", f"--config.source.cache_dir={bodies['cache']}",
-         "--config.refine.select=last"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
-    assert summary["kind"] == "dense_1d" and summary["refine"]["metric"] == "nrmse"
-    assert summary["refine"]["selected"] == "last" and np.isfinite(summary["refine"]["test_nrmse"])
 
 
 def test_loss_options_are_checked_against_the_loss(bodies, tmp_path):

@@ -19,7 +19,7 @@ def test_offline_lists_every_missing_file_with_its_url_and_place(tmp_path, capsy
     ecg = tmp_path / "nb360" / "ecg" / "challenge2017.pkl"
     assert f"https://pde-xd.s3.amazonaws.com/ECG/challenge2017.pkl\n    -> {ecg}" in out
     assert f"https://darus.uni-stuttgart.de/api/access/datafile/133218\n    -> {tmp_path}/pdebench/2D_DarcyFlow" in out
-    assert f"OpenML dataset 1510 (https://www.openml.org/d/1510) through the openml package" in out
+    assert "OpenML dataset 1510 (https://www.openml.org/d/1510) through the openml package" in out
     assert out.count("-> ") == 1 + 1 + 6 + 1 and "shared-drive mirror" in out
 
 
