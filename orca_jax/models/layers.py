@@ -115,11 +115,14 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
     """The `dot_general` of `linear` layers: `nnx.Linear`'s contraction (inputs [..., in] with the kernel [in, out])
     with the weight gradient of `_weight_gradient_on_cpu` on CPU; the value and the gradients are those of
     `jax.lax.dot_general`."""
+    # Its contract, not unfinished work: `linear` layers only ever contract inputs' last axis with the kernel's first.
     (lhs_contract, rhs_contract), batch = dimension_numbers
     if tuple(lhs_contract) != (lhs.ndim - 1,) or tuple(rhs_contract) != (0,) or any(batch):
-        raise NotImplementedError(f"dense_dot_general computes x @ kernel only, not {dimension_numbers}.")
+        raise ValueError(f"dense_dot_general computes x @ kernel only, not {dimension_numbers}; use "
+                         "jax.lax.dot_general for other contractions.")
     if preferred_element_type is not None or out_sharding is not None:
-        raise NotImplementedError("dense_dot_general takes no preferred_element_type or out_sharding.")
+        raise ValueError("dense_dot_general takes no preferred_element_type or out_sharding; use "
+                         "jax.lax.dot_general.")
     return _dense(lhs, rhs, precision)
 
 

@@ -352,10 +352,9 @@ def run_align(
             )
             if not np.isfinite(float(value)):
                 checkpoints.wait()
-                last = checkpoints.latest_step()
-                kept = "no checkpoint was saved yet" if last is None else f"the last good checkpoint, epoch {last}, is kept"
                 raise FloatingPointError(
-                    f"align: the distance is {float(value)} at epoch {epoch + 1}; stopped without saving ({kept}). "
+                    f"align: the distance is {float(value)} at epoch {epoch + 1}; stopped without saving "
+                    f"({checkpoints.kept('epoch')}). "
                     "Lower optimizer.learning_rate or align.lr_multiplier, or check the inputs."
                 )
             history.append({"epoch": epoch + 1, "distance": float(value), "lr": lr,

@@ -42,6 +42,11 @@ class StageCheckpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def kept(self, unit: str) -> str:
+        """What a stop that saves nothing leaves behind, for its message (`unit`: "step" or "epoch")."""
+        last = self.latest_step()
+        return "no checkpoint was saved yet" if last is None else f"the last good checkpoint, {unit} {last}, is kept"
+
     def restore(self, state_like) -> tuple[int, Any, dict] | None:
         """(step, state, position) of the newest checkpoint that restores into `state_like`'s structure, shapes and
         shardings; None when there is none."""

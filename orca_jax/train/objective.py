@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from orca_jax.data.kinds import CLASS_WEIGHTINGS, TaskKind, get_task_kind
-from orca_jax.data.tasks import Task
+from orca_jax.data.tasks import DataError, Task
 from orca_jax.train.losses import get_loss
 from orca_jax.train.metrics import get_metric
 
@@ -115,7 +115,7 @@ def make_objective(task: Task, task_config) -> TaskObjective:
     if c.ignore_meta:
         found = task.train.meta.get(c.ignore_meta)
         if found is None or np.shape(found)[1:] != task.target_shape:
-            raise ValueError(
+            raise DataError(
                 f"task.ignore_meta={c.ignore_meta!r}: the training split has "
                 + (f"no meta array of that name (it has {sorted(task.train.meta)})" if found is None else
                    f"a meta array of example shape {np.shape(found)[1:]}, not the targets' {task.target_shape}")

@@ -203,12 +203,9 @@ def run_refine(
                 losses.append(float(loss))
                 if not np.isfinite(losses[-1]):
                     checkpoints.wait(), best_writer.wait()
-                    last = checkpoints.latest_step()
-                    kept = ("no checkpoint was saved yet" if last is None
-                            else f"the last good checkpoint, step {last}, is kept")
                     raise FloatingPointError(
                         f"refine: the training loss is {losses[-1]} at epoch {epoch + 1}, step {step + 1}; stopped "
-                        f"without saving ({kept}). Lower optimizer.learning_rate, set refine.clip, or check the "
+                        f"without saving ({checkpoints.kept('step')}). Lower optimizer.learning_rate, set refine.clip, or check the "
                         "inputs and targets."
                     )
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
