@@ -7,6 +7,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 import transformers
@@ -14,8 +15,13 @@ from flax import nnx
 
 from orca_jax.config import load_config_file
 from orca_jax.data.tasks import Split, Task
+from orca_jax.ot import MMDLoss
+from orca_jax.parallel import init_optimizer, make_mesh, replicated
 from orca_jax.pipeline import build_model
+from orca_jax.train.align import EMBEDDER, AlignStep
+from orca_jax.train.finetune import make_finetune_optimizer, trainable_filter
 from orca_jax.train.objective import make_objective
+from orca_jax.train.refine import make_steps
 from tests.benchmarks.published import REAL_SHAPES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,18 +164,22 @@ def bodies(tmp_path_factory):
     return {"roberta-base": root / "text", SWIN: root / "swin"}
 
 
-def abstract_task(name: str, shape: tuple, target, kind: str) -> Task:
-    """A task of the published example shapes whose arrays cost no memory (broadcast zeros)."""
+def synthetic_task(name: str, shape: tuple, target, kind: str, n: int = 4, seed: int = 0) -> Task:
+    """A task of the published example shapes with random contents: `n` examples in two classes (or two clusters
+    of targets for the kinds that align on pseudo-labels)."""
+    rng = np.random.default_rng(seed)
     layout = "NLC" if len(shape) == 2 else "NHWC"
-    x = np.broadcast_to(np.float32(0), (4, *shape))
+    x = rng.normal(size=(n, *shape)).astype(np.float32)
     if isinstance(target, tuple):
-        y, classes = np.broadcast_to(np.float32(1), (4, *target)), None
+        y, classes = np.abs(rng.normal(size=(n, *target))).astype(np.float32), None
+        if kind == "dense_2d_binary":
+            y = (y > 0.5).astype(np.float32)
     elif kind.startswith("multilabel"):
-        y, classes = np.zeros((4, target), np.int32), target
+        y, classes = (rng.random((n, target)) < 0.5).astype(np.int32), target
     else:
-        y, classes = np.arange(4) % 2, target
+        y, classes = np.arange(n) % 2, target
     # Per-element metadata the kind's loss reads (Cosmic's ignore mask) has the targets' shape.
-    meta = {"ignore": np.zeros(y.shape, np.uint8)} if kind == "dense_2d_binary" else {}
+    meta = {"ignore": (rng.random(y.shape) < 0.1).astype(np.uint8)} if kind == "dense_2d_binary" else {}
     split = Split(x, y, meta)
     return Task(name, split, split, split, layout, kind, classes)
 
@@ -180,21 +190,65 @@ TOKENS = {"ecg": 50, "satellite": 46, "deepsea": 500, "pde_advection": 256, "pde
 OPENML_SHAPES = {"openml:1510": (1, 8), "openml:23": (12, 5), "openml:12": (12, 5), "openml:37": (1, 30)}
 
 
+def _changed(before, after) -> bool:
+    return any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("key", [k for k in OFFICIAL_YAML if not k.startswith("openml")] + list(OPENML_SHAPES))
-def test_every_config_builds_its_model_for_the_published_shapes(key, bodies):
+def test_every_config_takes_an_align_and_a_refine_step_on_the_published_shapes(key, bodies):
+    """The config's model on its task's real example shapes (a tiny random body of its family), then the programs
+    the two stages run: one align update of the embedder (`AlignStep`, with MMD to random source features: the
+    OTDD programs are the same for every task and tested in tests/ot) and one refine update of the config's
+    optimizer (`make_steps`), each finite and changing what it trains."""
     config = config_of(key)
     config.body.checkpoint = str(bodies[config.body.checkpoint])
     if key.startswith("openml"):
         shape, target, kind = OPENML_SHAPES[key], 3, "tabular"
     else:
         shape, target, kind = REAL_SHAPES[config.task.name]
-    task = abstract_task(config.task.name, shape, target, kind)
+    task = synthetic_task(config.task.name, shape, target, kind)
     objective = make_objective(task, config.task)
-    model = nnx.eval_shape(lambda: build_model(config, task, objective))  # abstract: no parameter is computed
+    model = build_model(config, task, objective)
     if config.task.name in TOKENS:
         assert model.embedder.num_tokens == TOKENS[config.task.name]
-    graphdef, state = nnx.split(model)
-    out = jax.eval_shape(lambda s, x: objective.outputs(nnx.merge(graphdef, s)(x)), state,
-                         jax.ShapeDtypeStruct((2, *shape), jnp.float32))
-    assert out.shape == (2, *(target if isinstance(target, tuple) else (target,)))
     assert objective.loss_name == (config.task.loss or {"tabular": "cross_entropy"}.get(kind, objective.kind.loss))
+    mesh = make_mesh(1, 1, devices=jax.devices()[:1])
+
+    # One align update: two classes of two examples against 20 random source features of the body's width.
+    width = jax.eval_shape(model.features, jax.ShapeDtypeStruct((1, *shape), jnp.float32)).shape[-1]
+    source = np.random.default_rng(1).normal(size=(20, width)).astype(np.float32)
+    graphdef, embedder, rest = nnx.split(model, EMBEDDER, ...)
+    optimizer = optax.adam(1e-3)
+    align = AlignStep(graphdef, optimizer, task.train.x, mesh)
+    sample = {"index": np.array([[0, 2], [1, 3]]), "mask": np.ones((2, 2), bool)}
+    before = jax.tree.map(np.asarray, embedder)
+    aligned, _, distance = align(embedder, rest, optimizer.init(embedder), MMDLoss.build(source), sample,
+                                 jnp.array([0.5, 0.5]), jax.random.key(0))  # donates `embedder`: replaced below
+    assert np.isfinite(float(distance)) and _changed(before, aligned)
+    nnx.update(model, aligned)
+
+    # One refine update with the config's optimizer, fine-tune mode and clipping, on batches of two with one masked
+    # padding row. Accumulation over at most 2 micro-batches stands for the config's (up to 32: the same program,
+    # fewer runs of it); the update comes on the last. Without warm-up: the official warm-up starts at rate 0, which
+    # would make a first update of accum = 1 a no-op.
+    accum = config.refine.accum = min(config.refine.accum, 2)
+    config.refine.warmup_epochs = 0
+    refine_optimizer = make_finetune_optimizer(config.optimizer, config.refine, steps_per_epoch=accum)
+    graphdef, params, frozen = nnx.split(model, nnx.All(nnx.Param, trainable_filter(config.refine.finetune_method)),
+                                         ...)
+    shardings = jax.tree.map(lambda _: replicated(mesh), params)
+    params = jax.device_put(params, shardings)  # laid out as the step returns them: one compilation
+    opt_state, opt_shardings = init_optimizer(refine_optimizer, params, shardings)
+    train_step, eval_step = make_steps(graphdef, refine_optimizer, objective, mesh, (shardings, opt_shardings))
+    before = jax.tree.map(np.asarray, params)
+    x, y = np.asarray(task.train.x[:2]), np.asarray(task.train.y[:2])
+    meta = {name: task.train.meta[name][:2] for name in objective.loss_meta}
+    new_params = params  # donated by the step
+    for step in range(accum):
+        new_params, opt_state, loss = train_step(new_params, frozen, opt_state, x, y, np.array([1.0, 0.0], np.float32),
+                                                 meta, jax.random.key(step))
+        assert np.isfinite(float(loss))
+        assert _changed(before, new_params) == (step + 1 == accum)
+    outputs = jax.eval_shape(eval_step, new_params, frozen, x)  # traced, not compiled: the shape is the point
+    assert outputs.shape == (2, *(target if isinstance(target, tuple) else (target,)))
