@@ -1,7 +1,7 @@
 """Train-step speed of orca-jax bodies: against transformers' PyTorch models on this CPU, and as model FLOPs
 utilisation on whatever device JAX has.
 
-    python scripts/benchmark_body.py [--body text|swin|both] [--steps 5] [--repeats 3] [--threads N]
+    python scripts/benchmark_body.py [--body text|swin|both] [--steps 5] [--repeats 3] [--threads N] [--profile 2]
     python scripts/benchmark_body.py --device-suite [--text-batch B] [--image-batch B] [--steps 10] [--repeats 3]
 
 Comparison (default). A train step is forward, backward and an AdamW update (lr 1e-4, betas (0.9, 0.98), weight
@@ -15,6 +15,11 @@ of `--steps` steps, samples/s and achieved FLOP/s (analytic matmul FLOPs, identi
 of this machine's float32 matmul peak, measured in the same run as the best of JAX's and PyTorch's 2048² matmuls;
 then the ratio of throughputs (PyTorch time / ours) from the medians and from the minima.
 
+Profile (`--profile STEPS`, after the timing): both sides traced for STEPS steps (`jax.profiler`, `torch.profiler`),
+and per step: time in the forward pass, the backward pass and the optimizer update; in matmuls, in copies and
+transposes, and in everything else; and the costliest ops (XLA's by HLO instruction, with the JAX operation each
+comes from; PyTorch's by aten op, self time).
+
 Device suite (`--device-suite`, no PyTorch needed). orca-jax alone on `jax.devices()[0]` at real sizes:
 roberta-base at sequence length 512 and swin-base at 224², AdamW train steps with bfloat16 compute over float32
 master weights (`dtype=jnp.bfloat16`), and the model FLOPs utilisation: analytic model FLOPs per second over the
@@ -26,11 +31,15 @@ backend has few bfloat16 kernels).
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import functools
 import os
+import pathlib
 import platform
+import re
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -139,7 +148,20 @@ def jax_matmul(n: int, dtype, accumulate=None) -> Callable[[], None]:
 # ---- Train steps -----------------------------------------------------------------------------------------------
 
 
-def jax_train_step(model: nnx.Module, loss_fn: Callable, inputs, frozen: Callable[[tuple], bool] = lambda path: False):
+@dataclasses.dataclass(frozen=True)
+class JaxStep:
+    """One train step to call (it blocks until done), and the optimized HLO of the compiled step, whose instruction
+    names are what the profiler's per-op events are called."""
+
+    run: Callable[[], None]
+    optimized_hlo: Callable[[], str]
+
+    def __call__(self) -> None:
+        self.run()
+
+
+def jax_train_step(model: nnx.Module, loss_fn: Callable, inputs,
+                   frozen: Callable[[tuple], bool] = lambda path: False) -> JaxStep:
     """The functional NNX step orca-jax trains with: split once, differentiate a function of the trainable
     parameters, donate parameters and optimizer state (the refine stage's step does the same)."""
     trainable = nnx.All(nnx.Param, lambda path, _: not frozen(path))
@@ -157,18 +179,23 @@ def jax_train_step(model: nnx.Module, loss_fn: Callable, inputs, frozen: Callabl
         state["params"], state["opt"], loss = step(state["params"], state["opt"], inputs)
         loss.block_until_ready()
 
-    return run
+    return JaxStep(run, lambda: step.lower(state["params"], state["opt"], inputs).compile().as_text())
 
 
 def torch_train_step(model, loss_fn):
+    """PyTorch's step, its phases labelled for the profiler (`record_function` costs microseconds a step)."""
     import torch
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01)
 
     def run():
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model).backward()
-        optimizer.step()
+        with torch.profiler.record_function("forward"):
+            loss = loss_fn(model)
+        with torch.profiler.record_function("backward"):
+            loss.backward()
+        with torch.profiler.record_function("update"):
+            optimizer.step()
 
     return run
 
@@ -202,7 +229,7 @@ class Workload:
     name: str
     samples: int  # per step
     flops: float  # per train step: analytic matmul FLOPs of the forward pass, x 3 for forward + backward
-    ours: Callable[[], None]  # runs one step and blocks until it is done
+    ours: JaxStep
     reference: Callable[[], None] | None = None  # PyTorch's step
 
 
@@ -257,6 +284,131 @@ def swin_workload(batch: int, side: int, *, dtype=jnp.float32, reference: bool =
     return Workload(name, batch, flops, ours, torch_step)
 
 
+# ---- Where the time goes --------------------------------------------------------------------------------------
+
+PHASES = ("forward", "backward", "update")
+CATEGORIES = ("matmul", "copy / transpose", "other")
+_HLO_LINE = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<shape>\S+)\s+(?P<opcode>[\w\-]+)\(")
+_TORCH_MATMUL = re.compile(r"^aten::(mm|addmm|bmm|baddbmm|mkldnn_convolution|convolution_backward)$")
+_TORCH_LAYOUT = re.compile(r"^aten::(copy_|clone|contiguous|_to_copy|cat|constant_pad_nd|roll)$")
+
+
+@dataclasses.dataclass
+class OpTimes:
+    """Seconds per step of each operation (name -> (label, seconds)), by phase and by category."""
+
+    ops: collections.Counter  # label -> seconds per step, summed over the ops that share the label
+    calls: collections.Counter  # label -> ops (XLA) or calls (PyTorch) per step
+    phases: dict[str, float]
+    categories: dict[str, float]
+
+    @classmethod
+    def empty(cls) -> OpTimes:
+        return cls(collections.Counter(), collections.Counter(), dict.fromkeys(PHASES, 0.0),
+                   dict.fromkeys(CATEGORIES, 0.0))
+
+    def top(self, n: int) -> list[tuple[str, float, int]]:
+        return [(label, seconds, self.calls[label]) for label, seconds in self.ops.most_common(n)]
+
+
+def _hlo_instructions(text: str) -> dict[str, tuple[str, str, str]]:
+    """name -> (opcode with fusion kind, result shape, JAX op_name) of every instruction in optimized HLO text."""
+    found = {}
+    for line in text.splitlines():
+        match = _HLO_LINE.match(line)
+        if not match:
+            continue
+        kind = re.search(r"kind=(k\w+)", line)
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        opcode = match["opcode"] + (f"[{kind[1]}]" if kind else "")
+        found[match["name"]] = (opcode, match["shape"], op_name[1] if op_name else "")
+    return found
+
+
+def _jax_phase(op_name: str) -> str:
+    """Reverse-mode ops carry `transpose(jvp(...))` in their JAX op_name, forward ones `jvp(...)`; the optimizer's
+    neither."""
+    return "backward" if "transpose(" in op_name else "forward" if "jvp(" in op_name else "update"
+
+
+def _jax_category(opcode: str, op_name: str) -> str:
+    last = op_name.rsplit("/", 1)[-1]
+    if opcode.startswith(("dot", "convolution")) or last.startswith(("dot_general", "conv_general")):
+        return "matmul"
+    if opcode.startswith(("copy", "transpose")) or last.startswith("transpose"):
+        return "copy / transpose"
+    return "other"
+
+
+def jax_profile(step: JaxStep, steps: int) -> OpTimes:
+    """Per-op times of `steps` calls from a `jax.profiler` trace: each XLA op's events (named by their HLO
+    instruction), labelled from the step's optimized HLO."""
+    from jax.profiler import ProfileData
+
+    instructions = _hlo_instructions(step.optimized_hlo())
+    totals: collections.Counter = collections.Counter()
+    with tempfile.TemporaryDirectory() as directory:
+        jax.profiler.start_trace(directory)
+        for _ in range(steps):
+            step()
+        jax.profiler.stop_trace()
+        trace = ProfileData.from_file(str(next(pathlib.Path(directory).rglob("*.xplane.pb"))))
+        for plane in trace.planes:
+            for line in plane.lines:
+                for event in line.events:
+                    hlo_op = dict(event.stats).get("hlo_op")
+                    if hlo_op is not None:
+                        totals[hlo_op] += event.duration_ns * 1e-9 / steps
+    times = OpTimes.empty()
+    for name, seconds in totals.items():
+        opcode, shape, op_name = instructions.get(name, ("?", "?", ""))
+        # Instances of one op in every layer share a label: the op, its shape and the JAX operation it comes from.
+        label = f"{opcode} {shape.split('{')[0]} {_jax_phase(op_name)}:{op_name.rsplit('/', 1)[-1]}"
+        times.ops[label] += seconds
+        times.calls[label] += 1
+        times.phases[_jax_phase(op_name)] += seconds
+        times.categories[_jax_category(opcode, op_name)] += seconds
+    return times
+
+
+def torch_profile(step: Callable[[], None], steps: int) -> OpTimes:
+    """Per-op self times of `steps` calls from `torch.profiler` (CPU), phases from the step's labels."""
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        for _ in range(steps):
+            step()
+    times = OpTimes.empty()
+    for event in profile.key_averages():
+        if event.key in PHASES:
+            times.phases[event.key] += event.cpu_time_total * 1e-6 / steps
+            continue
+        seconds = event.self_cpu_time_total * 1e-6 / steps
+        if seconds <= 0:
+            continue
+        times.ops[event.key] += seconds
+        times.calls[event.key] += event.count // steps
+        category = ("matmul" if _TORCH_MATMUL.match(event.key) else
+                    "copy / transpose" if _TORCH_LAYOUT.match(event.key) else "other")
+        times.categories[category] += seconds
+    return times
+
+
+def print_profile(workload: Workload, steps: int, top: int) -> None:
+    sides = {"orca-jax": jax_profile(workload.ours, steps), "PyTorch": torch_profile(workload.reference, steps)}
+    print(f"  where a step's time goes ({steps} profiled steps; seconds per step):")
+    for side, times in sides.items():
+        total = sum(times.categories.values())
+        phases = ", ".join(f"{k} {v:.3f}" for k, v in times.phases.items())
+        categories = ", ".join(f"{k} {v:.3f} ({v / total:.0%})" for k, v in times.categories.items())
+        print(f"    {side:<9} {phases} | ops {total:.3f}: {categories}")
+    for side, times in sides.items():
+        total = sum(times.categories.values())
+        print(f"  top {top} {side} ops{' (self time)' if side == 'PyTorch' else ''}: ms per step, share, count, op")
+        for label, seconds, count in times.top(top):
+            print(f"    {seconds * 1e3:8.1f} {seconds / total:6.1%} {count:5d}x  {label}")
+
+
 # ---- The two modes ---------------------------------------------------------------------------------------------
 
 
@@ -303,6 +455,8 @@ def compare(args) -> None:
             f"  ratio orca-jax / PyTorch throughput: {theirs.median / ours.median:.2f}x (medians), "
             f"{theirs.minimum / ours.minimum:.2f}x (minima)"
         )
+        if args.profile:
+            print_profile(w, args.profile, args.top)
     print(f"\nload average after: {load_average()}")
 
 
@@ -344,6 +498,9 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds; the spread is over rounds")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                         else os.cpu_count(), help="cores for both sides (default: all this process may use)")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after timing, profile STEPS steps of each side: time per phase, per kind of op, top ops")
+    parser.add_argument("--top", type=int, default=12, help="with --profile: how many of the costliest ops to list")
     parser.add_argument("--device-suite", action="store_true", help="MFU of bfloat16 train steps at real sizes")
     parser.add_argument("--text-batch", type=int, default=0, help="device suite: sequences of 512 per step")
     parser.add_argument("--image-batch", type=int, default=0, help="device suite: 224² images per step")
