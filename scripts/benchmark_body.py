@@ -396,7 +396,9 @@ def torch_profile(step: Callable[[], None], steps: int) -> OpTimes:
 
 def print_profile(workload: Workload, steps: int, top: int) -> None:
     sides = {"orca-jax": jax_profile(workload.ours, steps), "PyTorch": torch_profile(workload.reference, steps)}
-    print(f"  where a step's time goes ({steps} profiled steps; seconds per step):")
+    # Op times are busy times: XLA runs independent ops of a step concurrently on its threads, so its sums can
+    # exceed the step's wall time; compare shares across sides, and absolute times within one.
+    print(f"  where a step's time goes ({steps} profiled steps; busy seconds per step, summed over threads):")
     for side, times in sides.items():
         total = sum(times.categories.values())
         phases = ", ".join(f"{k} {v:.3f}" for k, v in times.phases.items())
