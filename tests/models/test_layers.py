@@ -1,7 +1,5 @@
 """The bodies' shared layers: `linear` (nnx.Linear with a CPU-friendly weight gradient) and the GELU we use."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,8 +12,8 @@ from orca_jax.models.layers import ACTIVATIONS, linear
 @pytest.mark.parametrize(
     "shape, features, dtype",
     [
-        ((2, 5, 8), 24, jnp.float32),  # fewer inputs than outputs
-        ((3, 4, 24), 8, jnp.float32),  # more inputs than outputs
+        ((2, 5, 8), 24, jnp.float32),  # fewer inputs than outputs: x is transposed
+        ((3, 4, 24), 8, jnp.float32),  # more inputs than outputs: the gradient is transposed
         ((6, 16), 16, jnp.bfloat16),  # bfloat16 compute over float32 weights
     ],
 )
@@ -54,9 +52,6 @@ def test_linear_weight_gradients_run_on_xlas_fast_cpu_matmuls():
     for features in (128, 16):
         text = entry(hlo(linear(64, features, rngs=nnx.Rngs(0))))
         assert " dot(" not in text and "__ynn_fusion" in text, text
-        # The kernel's gradient comes out of its matmul in the kernel's [in, out] layout: no transpose is left for
-        # the optimizer's passes over it to read through.
-        assert re.search(rf"ynn_fusion[.\d]* = f32\[64,{features}\]\{{1,0\}}", text), text
 
 
 def test_gelu_is_the_exact_erf_gelu():
