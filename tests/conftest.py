@@ -27,8 +27,3 @@ import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-
-def pytest_collection_modifyitems(config, items):
-    """Slow tests first: parallel workers then start on the long ones and end on short ones, instead of one worker
-    finishing a two-minute test while the other has nothing left to do."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
