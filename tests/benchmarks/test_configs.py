@@ -159,8 +159,8 @@ def bodies(tmp_path_factory):
     transformers.RobertaModel(transformers.RobertaConfig(
         hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50,
         max_position_embeddings=514, type_vocab_size=1, pad_token_id=1)).save_pretrained(root / "text")
-    transformers.SwinModel(transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
-                                                   num_heads=[2, 2], window_size=4)).save_pretrained(root / "swin")
+    transformers.SwinModel(transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1],
+                                                   num_heads=[2], window_size=4)).save_pretrained(root / "swin")
     return {"roberta-base": root / "text", SWIN: root / "swin"}
 
 

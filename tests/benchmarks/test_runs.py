@@ -25,8 +25,8 @@ def test_psicov_smoke_config_aligns_and_refines_from_published_files(tmp_path, m
     per-protein reads, clipped MSE, and per-example metadata reaching the metric (MAE8 with each protein's length).
     Every config's own model and steps: tests/benchmarks/test_configs.py."""
     torch.manual_seed(0)
-    transformers.SwinModel(transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
-                                                   num_heads=[2, 2], window_size=4)).save_pretrained(tmp_path / "swin")
+    transformers.SwinModel(transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1],
+                                                   num_heads=[2], window_size=4)).save_pretrained(tmp_path / "swin")
     monkeypatch.setattr(nb360, "PSICOV_WINDOW", 64)  # the official 512 x 512 x 57 window is 60 MB an example
     published.write_psicov(tmp_path / "data", {"deepcov": [40 + i for i in range(20)], "psicov": [45, 50]})
     config = load_config_file(ROOT / "configs" / "nb360.py", "psicov,smoke")
