@@ -114,6 +114,8 @@ class PreemptionGuard:
     process passed to any guard, so loops that follow each other (align, then refine) should continue one count;
     a notice that arrives between loops (during evaluation, before the first loop) stops the next loop at its start.
     With several processes JAX's runtime catches SIGTERM from start-up on: code that polls no guard ignores it.
+    JAX keeps one call counter per process for every caller of `reached_preemption_sync_point`, so the guard must
+    be the only one: Orbax's checkpoint manager also calls it, and `orca_jax.train.checkpoints` switches that off.
     """
 
     def __init__(self):

@@ -32,10 +32,26 @@ def abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+class _CheckpointManager(ocp.CheckpointManager):
+    """Orbax's manager without its own preemption checks, which would break `PreemptionGuard`'s.
+
+    JAX's preemption sync point is one call counter per process: each `reached_preemption_sync_point(step)` call
+    sets it, and on a notice the agreed stop is the largest counter any process last passed, plus one. Orbax calls
+    it too, with checkpoint step numbers and from its background threads, so the counter jumps between two
+    sequences; when the agreement catches Orbax's lower number, the stop step is one the training loop has already
+    passed and SIGTERM goes unheeded (seen once in a two-process run). The guard must be the only caller. Orbax
+    uses the answer for a log line, a metric and `should_save`, none of which a stage relies on: stages save
+    explicitly at the guard's stop.
+    """
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
+
+
 class StageCheckpoints:
     def __init__(self, directory: epath.PathLike, *, max_to_keep: int = 2):
         self.directory = epath.Path(directory)
-        self.manager = ocp.CheckpointManager(
+        self.manager = _CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
         )
 
