@@ -22,6 +22,7 @@ def command(workdir, data, body, cache):
         sys.executable, "scripts/train.py", "--config=configs/own_data.py:smoke", f"--workdir={workdir}",
         f"--config.task.name=npz:{data}", f"--config.body.checkpoint={body}", f"--config.source.cache_dir={cache}",
         "--config.task.kind=classification", "--config.refine.epochs=3", "--config.task.val_fraction=0.25",
+        "--config.align.epochs=1",  # one cross-process OTDD update is the check; each costs ~5 s on 2 processes
     ]
 
 

@@ -16,7 +16,7 @@ from tests.text_checkpoints import save_tiny_text_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-EPOCHS = 12  # long enough after the first epoch's checkpoint that the kill lands mid-run, even on a fast machine
+EPOCHS = 8  # long enough after the first epoch's checkpoint that the kill lands mid-run, even on a fast machine
 
 
 @pytest.fixture(scope="module")
