@@ -295,7 +295,7 @@ _TORCH_LAYOUT = re.compile(r"^aten::(copy_|clone|contiguous|_to_copy|cat|constan
 
 @dataclasses.dataclass
 class OpTimes:
-    """Seconds per step of each operation (name -> (label, seconds)), by phase and by category."""
+    """Seconds per step by op label, by phase and by category."""
 
     ops: collections.Counter  # label -> seconds per step, summed over the ops that share the label
     calls: collections.Counter  # label -> ops (XLA) or calls (PyTorch) per step
@@ -306,6 +306,10 @@ class OpTimes:
     def empty(cls) -> OpTimes:
         return cls(collections.Counter(), collections.Counter(), dict.fromkeys(PHASES, 0.0),
                    dict.fromkeys(CATEGORIES, 0.0))
+
+    @property
+    def total(self) -> float:
+        return sum(self.categories.values())
 
     def top(self, n: int) -> list[tuple[str, float, int]]:
         return [(label, seconds, self.calls[label]) for label, seconds in self.ops.most_common(n)]
@@ -362,11 +366,12 @@ def jax_profile(step: JaxStep, steps: int) -> OpTimes:
     times = OpTimes.empty()
     for name, seconds in totals.items():
         opcode, shape, op_name = instructions.get(name, ("?", "?", ""))
+        phase = _jax_phase(op_name)
         # Instances of one op in every layer share a label: the op, its shape and the JAX operation it comes from.
-        label = f"{opcode} {shape.split('{')[0]} {_jax_phase(op_name)}:{op_name.rsplit('/', 1)[-1]}"
+        label = f"{opcode} {shape.split('{')[0]} {phase}:{op_name.rsplit('/', 1)[-1]}"
         times.ops[label] += seconds
         times.calls[label] += 1
-        times.phases[_jax_phase(op_name)] += seconds
+        times.phases[phase] += seconds
         times.categories[_jax_category(opcode, op_name)] += seconds
     return times
 
@@ -400,15 +405,13 @@ def print_profile(workload: Workload, steps: int, top: int) -> None:
     # exceed the step's wall time; compare shares across sides, and absolute times within one.
     print(f"  where a step's time goes ({steps} profiled steps; busy seconds per step, summed over threads):")
     for side, times in sides.items():
-        total = sum(times.categories.values())
         phases = ", ".join(f"{k} {v:.3f}" for k, v in times.phases.items())
-        categories = ", ".join(f"{k} {v:.3f} ({v / total:.0%})" for k, v in times.categories.items())
-        print(f"    {side:<9} {phases} | ops {total:.3f}: {categories}")
+        categories = ", ".join(f"{k} {v:.3f} ({v / times.total:.0%})" for k, v in times.categories.items())
+        print(f"    {side:<9} {phases} | ops {times.total:.3f}: {categories}")
     for side, times in sides.items():
-        total = sum(times.categories.values())
         print(f"  top {top} {side} ops{' (self time)' if side == 'PyTorch' else ''}: ms per step, share, count, op")
         for label, seconds, count in times.top(top):
-            print(f"    {seconds * 1e3:8.1f} {seconds / total:6.1%} {count:5d}x  {label}")
+            print(f"    {seconds * 1e3:8.1f} {seconds / times.total:6.1%} {count:5d}x  {label}")
 
 
 # ---- The two modes ---------------------------------------------------------------------------------------------

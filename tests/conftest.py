@@ -26,4 +26,3 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
-

@@ -205,8 +205,8 @@ def run_refine(
                     checkpoints.wait(), best_writer.wait()
                     raise FloatingPointError(
                         f"refine: the training loss is {losses[-1]} at epoch {epoch + 1}, step {step + 1}; stopped "
-                        f"without saving ({checkpoints.kept('step')}). Lower optimizer.learning_rate, set refine.clip, or check the "
-                        "inputs and targets."
+                        f"without saving ({checkpoints.kept('step')}). Lower optimizer.learning_rate, set refine.clip, "
+                        "or check the inputs and targets."
                     )
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
                 if guard.should_stop(step_offset + global_step):

@@ -165,8 +165,8 @@ def bodies(tmp_path_factory):
 
 
 def synthetic_task(name: str, shape: tuple, target, kind: str, n: int = 4, seed: int = 0) -> Task:
-    """A task of the published example shapes with random contents: `n` examples in two classes (or two clusters
-    of targets for the kinds that align on pseudo-labels)."""
+    """A task of the published example shapes with random contents: `n` examples in two classes, or with random
+    multi-label, dense or binary targets as the kind needs."""
     rng = np.random.default_rng(seed)
     layout = "NLC" if len(shape) == 2 else "NHWC"
     x = rng.normal(size=(n, *shape)).astype(np.float32)
