@@ -11,6 +11,11 @@ Both follow the official code's architecture and initialisation, with JAX's chan
   and the body's patch-embedding layer norm. Like the official embedder it replaces Swin's whole embedding module,
   so absolute position embeddings (absent from the Swin checkpoints ORCA uses) and embedding dropout are not used.
 
+Both also give `pooled(x)`, their tokens' mean, which is all the align stage compares with source features. A
+token is a layer norm of a linear map of one patch of k input values, so when k is below the width the mean can be
+formed from the patches alone (`mean_normalised_projection`): the [batch, tokens, width] tokens, whose passes were
+two thirds of an align step at ECG's sizes, are never formed.
+
 `from_body(..., init_from_body=True)` copies the pretrained pieces (as new arrays: a parameter aliasing the body's
 buffer would be deleted with it when a train step donates its inputs) as the official code does when the align stage
 runs; `init_from_body=False` is the official initialisation of the no-alignment ablation. Either way the embedder
@@ -31,6 +36,36 @@ from orca_jax.models.text_encoder import TextEncoder
 
 # PyTorch's xavier_uniform_(gain=sqrt(2)) of the official 1D convolution.
 _XAVIER_GAIN_SQRT2 = nnx.initializers.variance_scaling(2.0, "fan_avg", "uniform")
+_FULL = jax.lax.Precision.HIGHEST
+
+
+def mean_normalised_projection(patches: jax.Array, projection: nnx.Conv, norm: nnx.LayerNorm) -> jax.Array:
+    """mean_t LayerNorm(patches[:, t] @ W + b) in float32 for patches [batch, tokens, k], W = the projection's
+    kernel as [k, width] (a convolution whose stride is its kernel maps each patch on its own).
+
+    Exact algebra, not an approximation: with W', b' the kernel and bias centred over the width, token t centred is
+    z_t = p_t W' + b', its variance (p_t G p_tᵀ + 2 p_t W' b' + b'·b') / width with G = W' W'ᵀ [k, k], and so
+    mean_t z_t r_t = ((Σ_t r_t p_t) W' + (Σ_t r_t) b') / T with r_t = 1/√(var_t + eps). That costs O(k²) per token
+    instead of O(k · width), so it is used when k < width; otherwise the tokens are formed. The small products run
+    at full float32 precision (accelerators' default matmul precision would round the quadratic form's terms).
+    """
+    batch, tokens, k = patches.shape
+    kernel = projection.kernel[...].astype(jnp.float32).reshape(k, -1)
+    bias, scale, offset = (v[...].astype(jnp.float32) for v in (projection.bias, norm.scale, norm.bias))
+    patches = patches.astype(jnp.float32)
+    width = kernel.shape[1]
+    if k >= width:  # the Gram matrix would cost more than the tokens
+        return jnp.mean(norm(jnp.matmul(patches, kernel, precision=_FULL) + bias).astype(jnp.float32), axis=1)
+    kernel = kernel - jnp.mean(kernel, axis=1, keepdims=True)
+    bias = bias - jnp.mean(bias)
+    gram = jnp.matmul(kernel, kernel.T, precision=_FULL)
+    linear = 2.0 * jnp.matmul(kernel, bias, precision=_FULL)
+    quadratic = jnp.sum(jnp.matmul(patches, gram, precision=_FULL) * patches, axis=-1)
+    variance = (quadratic + jnp.matmul(patches, linear, precision=_FULL) + jnp.dot(bias, bias)) / width
+    r = jax.lax.rsqrt(jnp.maximum(variance, 0.0) + norm.epsilon)
+    weighted = jnp.einsum("bt,btk->bk", r, patches, precision=_FULL)
+    mean = (jnp.matmul(weighted, kernel, precision=_FULL) + jnp.sum(r, axis=1)[:, None] * bias) / tokens
+    return mean * scale + offset
 
 
 def stacking_factor(length: int, target_seq_len: int) -> int:
@@ -72,15 +107,26 @@ class SequenceEmbedder(nnx.Module):
         self.position = nnx.Embed(num_positions, width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.first_position = first_position
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def _check(self, x: jax.Array) -> None:
         if x.ndim != 3 or x.shape[1:] != (self.length, self.in_channels):
             raise ValueError(
                 f"Expected inputs [batch, {self.length}, {self.in_channels}] (channels last), got {x.shape}; "
                 "official-layout [batch, channels, length] inputs need x.transpose(0, 2, 1)."
             )
-        tokens = self.norm(self.projection(x.astype(self.norm.dtype)))
-        positions = jnp.arange(self.num_tokens) + self.first_position
-        return tokens + self.position(positions)[None]
+
+    def _positions(self) -> jax.Array:
+        return self.position(jnp.arange(self.num_tokens) + self.first_position)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        self._check(x)
+        return self.norm(self.projection(x.astype(self.norm.dtype))) + self._positions()[None]
+
+    def pooled(self, x: jax.Array) -> jax.Array:
+        """The tokens' mean [batch, width], float32, without forming them."""
+        self._check(x)
+        patches = x.reshape(x.shape[0], self.num_tokens, self.stride * self.in_channels)
+        positions = jnp.mean(self._positions().astype(jnp.float32), axis=0)
+        return mean_normalised_projection(patches, self.projection, self.norm) + positions
 
     @classmethod
     def from_body(
@@ -134,12 +180,9 @@ class ImageEmbedder(nnx.Module):
         )
         self.norm = nnx.LayerNorm(embed_dim, epsilon=layer_norm_eps, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
-        """Tokens `[batch, grid_h * grid_w, embed_dim]` (row-major) and the grid, as Swin's `encode` takes them.
-
-        The resize is bilinear with half-pixel centres and, by default, no antialiasing: what torchvision's
-        `Resize` did on tensors when ORCA was published (it matters only when downsizing, e.g. 512 -> 224).
-        """
+    def _resized(self, x: jax.Array) -> jax.Array:
+        """The resize is bilinear with half-pixel centres and, by default, no antialiasing: what torchvision's
+        `Resize` did on tensors when ORCA was published (it matters only when downsizing, e.g. 512 -> 224)."""
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
             raise ValueError(
                 f"Expected NHWC inputs [batch, height, width, {self.in_channels}], got {x.shape}; official-layout "
@@ -149,9 +192,22 @@ class ImageEmbedder(nnx.Module):
         if x.shape[1:3] != self.image_size:
             shape = (x.shape[0], *self.image_size, x.shape[3])
             x = jax.image.resize(x, shape, method="linear", antialias=self.antialias)
-        x = self.projection(x)
+        return x
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
+        """Tokens `[batch, grid_h * grid_w, embed_dim]` (row-major) and the grid, as Swin's `encode` takes them."""
+        x = self.projection(self._resized(x))
         grid = (x.shape[1], x.shape[2])
         return self.norm(x.reshape(x.shape[0], grid[0] * grid[1], x.shape[3])), grid
+
+    def pooled(self, x: jax.Array) -> jax.Array:
+        """The tokens' mean [batch, embed_dim], float32, without forming them (patches in the kernel's HWI order)."""
+        x = self._resized(x)
+        (ph, pw), (batch, height, width, channels) = self.projection.kernel_size, x.shape
+        grid = (height // ph, width // pw)  # a VALID convolution drops the rows and columns a patch cannot fill
+        x = x[:, : grid[0] * ph, : grid[1] * pw]
+        patches = x.reshape(batch, grid[0], ph, grid[1], pw, channels).transpose(0, 1, 3, 2, 4, 5)
+        return mean_normalised_projection(patches.reshape(batch, -1, ph * pw * channels), self.projection, self.norm)
 
     @classmethod
     def from_body(

@@ -31,8 +31,8 @@ class OrcaModel(nnx.Module):
         return tokens[0] if isinstance(self.embedder, ImageEmbedder) else tokens
 
     def features(self, x: jax.Array) -> jax.Array:
-        """Embedder output mean-pooled over tokens: what the align stage compares with source features."""
-        return jnp.mean(self.embed(x).astype(jnp.float32), axis=1)
+        """Embedder output mean-pooled over tokens (float32): what the align stage compares with source features."""
+        return self.embedder.pooled(x)
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         if isinstance(self.body, Swin):

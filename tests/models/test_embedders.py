@@ -1,5 +1,6 @@
 """ORCA's embedders: the official stride rule, output shapes, and initialisation copied from the body."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -116,7 +117,66 @@ def test_orca_model_features_and_logits():
                       ClassificationHead(16, 4, rngs=rngs))
     x = jnp.ones((3, 12, 1))
     assert model.features(x).shape == (3, 16)
-    np.testing.assert_allclose(model.features(x), model.embed(x).mean(1), atol=1e-6)
+    np.testing.assert_allclose(model.features(x), model.embed(x).mean(1), atol=1e-5)
     assert model(x).shape == (3, 4)
     with pytest.raises(TypeError, match="does not fit"):
         OrcaModel(ImageEmbedder.from_body(swin_body(), 1, rngs=rngs), body, ClassificationHead(16, 4, rngs=rngs))
+
+
+def mean_token_float64(patches, kernel, bias, scale, offset, eps):
+    """mean_t LayerNorm(p_t W + b), formed token by token in float64: the direct definition."""
+    tokens = np.asarray(patches, np.float64) @ np.asarray(kernel, np.float64).reshape(patches.shape[-1], -1)
+    tokens += np.asarray(bias, np.float64)
+    centred = tokens - tokens.mean(-1, keepdims=True)
+    normed = centred / np.sqrt((centred**2).mean(-1, keepdims=True) + eps)
+    return normed.mean(1) * np.asarray(scale, np.float64) + np.asarray(offset, np.float64)
+
+
+def distinctive(embedder, rng, width):
+    """A bias and scale far from the initial 0 and 1, so that the centring and the scale are visible."""
+    embedder.projection.bias.set_value(jnp.asarray(rng.normal(size=width) * 3 + 1, jnp.float32))
+    embedder.norm.scale.set_value(jnp.asarray(rng.normal(size=width), jnp.float32))
+    embedder.norm.bias.set_value(jnp.asarray(rng.normal(size=width), jnp.float32))
+
+
+# Patches of k = stride x channels values: ECG's 20 and 10 < width (the patches' quadratic form); 32 >= width (the
+# tokens are formed).
+@pytest.mark.parametrize("length, channels, target, width", [(1000, 1, 50, 32), (60, 2, 12, 16), (64, 4, 8, 16)])
+def test_sequence_embedder_pooled_is_the_mean_token_in_value_and_gradient(length, channels, target, width):
+    rng = np.random.default_rng(length)
+    embedder = SequenceEmbedder.from_body(text_body(width, positions=520), channels, length, target_seq_len=target,
+                                          rngs=nnx.Rngs(1))
+    distinctive(embedder, rng, width)
+    x = jnp.asarray(rng.normal(size=(4, length, channels)) + 2.0, jnp.float32)  # off-centre inputs
+    positions = np.asarray(embedder.position.embedding[...])[2 : 2 + embedder.num_tokens].mean(0)
+    patches = np.asarray(x).reshape(4, embedder.num_tokens, -1)
+    expected = mean_token_float64(patches, embedder.projection.kernel[...], embedder.projection.bias[...],
+                                  embedder.norm.scale[...], embedder.norm.bias[...], 1e-5) + positions
+    np.testing.assert_allclose(embedder.pooled(x), expected, rtol=1e-5, atol=1e-5)
+
+    graphdef, params = nnx.split(embedder)
+    loss = lambda pool: lambda p: jnp.sum(jnp.sin(pool(nnx.merge(graphdef, p), x)))  # noqa: E731
+    pooled = jax.grad(loss(lambda e, x: e.pooled(x)))(params)
+    direct = jax.grad(loss(lambda e, x: jnp.mean(e(x), axis=1)))(params)
+    for ours, theirs in zip(jax.tree.leaves(pooled), jax.tree.leaves(direct)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * float(np.abs(theirs).max()))
+
+
+# Patches of 4 x 4 x channels = 48 and 16 values < width, and 80 >= width; 34 x 30 leaves rows and columns that no
+# patch fills.
+@pytest.mark.parametrize("channels, width, image, size",
+                         [(3, 64, (32, 32), (30, 34)), (1, 32, (34, 30), (34, 30)), (5, 16, (16, 16), (16, 16))])
+def test_image_embedder_pooled_is_the_mean_token_in_value_and_gradient(channels, width, image, size):
+    rng = np.random.default_rng(channels)
+    embedder = ImageEmbedder(channels, width, patch_size=(4, 4), image_size=image, layer_norm_eps=1e-5,
+                             rngs=nnx.Rngs(0))
+    distinctive(embedder, rng, width)
+    x = jnp.asarray(rng.normal(size=(2, *size, channels)) + 1.0, jnp.float32)
+    tokens, _ = embedder(x)
+    np.testing.assert_allclose(embedder.pooled(x), tokens.mean(1), rtol=1e-5, atol=1e-5)
+    graphdef, params = nnx.split(embedder)
+    loss = lambda pool: lambda p: jnp.sum(jnp.sin(pool(nnx.merge(graphdef, p), x)))  # noqa: E731
+    pooled = jax.grad(loss(lambda e, x: e.pooled(x)))(params)
+    direct = jax.grad(loss(lambda e, x: jnp.mean(e(x)[0], axis=1)))(params)
+    for ours, theirs in zip(jax.tree.leaves(pooled), jax.tree.leaves(direct)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * float(np.abs(theirs).max()))
