@@ -108,10 +108,17 @@ def _all_rows(local) -> np.ndarray:
     return np.asarray(process_allgather(local, tiled=True))
 
 
+def evaluation_batch(examples: int, batch_size: int) -> int:
+    """Examples per evaluation batch: as few batches of at most `batch_size` as the split needs, filled evenly,
+    so that the last one is not mostly padding (400 examples at 256: two batches of 200, not 512 rows)."""
+    return -(-examples // -(-examples // batch_size))
+
+
 def evaluate(eval_step, params, frozen, split: Split, batch_size: int, metric: str, mesh: Mesh, data) -> MetricAccumulator:
     """The split's outputs and targets, from which `.result()` computes the metric over the whole split: each
     process feeds its rows of every batch, and every process collects all outputs and targets."""
     accumulator = MetricAccumulator(metric)
+    batch_size = evaluation_batch(len(split), batch_size)
     rows = device_rows(batch_size, mesh)
     batches = Batches(split, batch_size, rows=process_rows(rows), rows_per_batch=rows)
     for batch in iterate(batches, threads=data.threads, prefetch=data.prefetch):

@@ -15,7 +15,7 @@ from orca_jax.models.heads import ClassificationHead
 from orca_jax.models.orca import OrcaModel
 from orca_jax.parallel import bytes_per_device, make_mesh
 from orca_jax.train.finetune import trainable_filter
-from orca_jax.train.refine import run_refine
+from orca_jax.train.refine import evaluation_batch, run_refine
 from tests.text_checkpoints import save_tiny_text_model
 
 
@@ -127,3 +127,11 @@ def test_bfloat16_compute_over_float32_weights_keeps_updates_at_official_learnin
     assert mixed[2] == {np.dtype(np.float32)} and all(mixed[1]), "every trainable parameter moves"
     assert sum(bf16[1]) < len(bf16[1]) / 2, "in pure bfloat16 most parameters do not move at all"
     np.testing.assert_allclose(mixed[0].history[0]["train_loss"], f32[0].history[0]["train_loss"], rtol=2e-2)
+
+
+@pytest.mark.parametrize("examples, limit, per_batch", [(400, 256, 200), (1000, 256, 250), (256, 256, 256),
+                                                        (257, 256, 129), (5, 256, 5), (7, 2, 2)])
+def test_evaluation_batches_are_as_few_as_the_limit_allows_and_even(examples, limit, per_batch):
+    assert evaluation_batch(examples, limit) == per_batch
+    batches = -(-examples // per_batch)
+    assert per_batch <= limit and batches == -(-examples // limit) and batches * per_batch - examples < batches
