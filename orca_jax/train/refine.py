@@ -109,16 +109,23 @@ def _all_rows(local) -> np.ndarray:
 
 
 def evaluation_batch(examples: int, batch_size: int) -> int:
-    """Examples per evaluation batch: as few batches of at most `batch_size` as the split needs, filled evenly,
-    so that the last one is not mostly padding (400 examples at 256: two batches of 200, not 512 rows)."""
+    """Examples per evaluation batch: as few batches of at most `batch_size` as the split needs, filled evenly, so
+    that the last one is not mostly padding (400 examples at 256: two batches of 200, not 512 rows)."""
     return -(-examples // -(-examples // batch_size))
+
+
+def evaluation_batches(val: int, test: int, batch_size: int) -> tuple[int, int]:
+    """Batch sizes for the validation split (evaluated every epoch) and the test split (once). The test split
+    reuses the validation size when that is at least half its own, so that one compiled evaluation step serves
+    both; a much smaller validation split would cut the test split into needlessly small batches."""
+    val_batch, test_batch = evaluation_batch(val, batch_size), evaluation_batch(test, batch_size)
+    return val_batch, val_batch if 2 * val_batch >= test_batch else test_batch
 
 
 def evaluate(eval_step, params, frozen, split: Split, batch_size: int, metric: str, mesh: Mesh, data) -> MetricAccumulator:
     """The split's outputs and targets, from which `.result()` computes the metric over the whole split: each
     process feeds its rows of every batch, and every process collects all outputs and targets."""
     accumulator = MetricAccumulator(metric)
-    batch_size = evaluation_batch(len(split), batch_size)
     rows = device_rows(batch_size, mesh)
     batches = Batches(split, batch_size, rows=process_rows(rows), rows_per_batch=rows)
     for batch in iterate(batches, threads=data.threads, prefetch=data.prefetch):
@@ -165,6 +172,7 @@ def run_refine(
     params, frozen = place(params, shardings), place(frozen, frozen_shardings)  # copies: the step donates params
     opt_state, opt_shardings = init_optimizer(optimizer, params, shardings)
     train_step, eval_step = make_steps(graphdef, optimizer, objective, mesh, (shardings, opt_shardings))
+    val_batch, test_batch = evaluation_batches(len(task.val), len(task.test), config.eval_batch_size)
 
     checkpoints = StageCheckpoints(workdir / "refine")
     best_dir = workdir / "refine_best"
@@ -224,8 +232,7 @@ def run_refine(
                                         "the same command to resume")
                     stopping = True  # on an epoch's last step the epoch finishes: its checkpoint is the stop's
             steps_end = time.perf_counter()
-            val = evaluate(eval_step, params, frozen, task.val, config.eval_batch_size, objective.metric, mesh,
-                           data).result()
+            val = evaluate(eval_step, params, frozen, task.val, val_batch, objective.metric, mesh, data).result()
             # seconds: since the stage (re)started; step_seconds: this epoch's training steps, the rest being
             # evaluation and bookkeeping.
             record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
@@ -260,7 +267,7 @@ def run_refine(
         else:
             params = best
     nnx.update(model, params)
-    outputs = evaluate(eval_step, params, frozen, task.test, config.eval_batch_size, objective.metric, mesh, data)
+    outputs = evaluate(eval_step, params, frozen, task.test, test_batch, objective.metric, mesh, data)
     test = outputs.result()
     # The test split's outputs (in the targets' units) next to its targets, for analysis beyond the one metric.
     test_outputs, test_targets, test_meta = outputs.arrays()

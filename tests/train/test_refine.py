@@ -15,7 +15,7 @@ from orca_jax.models.heads import ClassificationHead
 from orca_jax.models.orca import OrcaModel
 from orca_jax.parallel import bytes_per_device, make_mesh
 from orca_jax.train.finetune import trainable_filter
-from orca_jax.train.refine import evaluation_batch, run_refine
+from orca_jax.train.refine import evaluation_batch, evaluation_batches, run_refine
 from tests.text_checkpoints import save_tiny_text_model
 
 
@@ -135,3 +135,9 @@ def test_evaluation_batches_are_as_few_as_the_limit_allows_and_even(examples, li
     assert evaluation_batch(examples, limit) == per_batch
     batches = -(-examples // per_batch)
     assert per_batch <= limit and batches == -(-examples // limit) and batches * per_batch - examples < batches
+
+
+def test_the_test_split_reuses_the_validation_batch_unless_that_is_less_than_half_its_own():
+    assert evaluation_batches(400, 1000, 256) == (200, 200)  # mnist1d: one compiled evaluation step
+    assert evaluation_batches(300, 300, 256) == (150, 150)
+    assert evaluation_batches(20, 10_000, 256) == (20, 250)  # not 500 batches of 20
