@@ -1,5 +1,6 @@
 """Stage checkpoints and preemption: JAX's sync point is one call counter per process, so the guard must be its only
-caller (see `orca_jax.train.checkpoints._CheckpointManager`); on one process, replicated arrays are written whole."""
+caller (see `orca_jax.train.checkpoints._CheckpointManager`); on one process or on CPU devices, replicated arrays are
+written whole."""
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ def test_saving_and_restoring_never_touch_the_preemption_sync_counter(tmp_path, 
     assert calls == []
 
 
-def test_one_process_writes_replicated_arrays_without_slicing_them_on_the_devices(tmp_path, monkeypatch):
+def test_replicated_arrays_are_written_without_slicing_them_on_the_devices(tmp_path, monkeypatch):
     """Orbax's replica-parallel writing slices each replicated array on the devices (an eager `slice`, compiled once
     per shape: seconds of a small run's first saves); one process writes every replica's part anyway."""
     slices = []
