@@ -51,7 +51,7 @@ def mean_normalised_projection(patches: jax.Array, projection: nnx.Conv, norm: n
     """
     batch, tokens, k = patches.shape
     kernel = projection.kernel[...].astype(jnp.float32).reshape(k, -1)
-    bias, scale, offset = (v[...].astype(jnp.float32) for v in (projection.bias, norm.scale, norm.bias))
+    bias = projection.bias[...].astype(jnp.float32)
     patches = patches.astype(jnp.float32)
     width = kernel.shape[1]
     if k >= width:  # the Gram matrix would cost more than the tokens
@@ -65,7 +65,7 @@ def mean_normalised_projection(patches: jax.Array, projection: nnx.Conv, norm: n
     r = jax.lax.rsqrt(jnp.maximum(variance, 0.0) + norm.epsilon)
     weighted = jnp.einsum("bt,btk->bk", r, patches, precision=_FULL)
     mean = (jnp.matmul(weighted, kernel, precision=_FULL) + jnp.sum(r, axis=1)[:, None] * bias) / tokens
-    return mean * scale + offset
+    return mean * norm.scale[...].astype(jnp.float32) + norm.bias[...].astype(jnp.float32)
 
 
 def stacking_factor(length: int, target_seq_len: int) -> int:

@@ -25,11 +25,6 @@ class OrcaModel(nnx.Module):
             )
         self.embedder, self.body, self.head = embedder, body, head
 
-    def embed(self, x: jax.Array) -> jax.Array:
-        """Embedder tokens [batch, tokens, width] (for Swin: the patch grid flattened row-major)."""
-        tokens = self.embedder(x)
-        return tokens[0] if isinstance(self.embedder, ImageEmbedder) else tokens
-
     def features(self, x: jax.Array) -> jax.Array:
         """Embedder output mean-pooled over tokens (float32): what the align stage compares with source features."""
         return self.embedder.pooled(x)

@@ -14,6 +14,7 @@ naming the directory and the fix.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -48,6 +49,7 @@ class _CheckpointManager(ocp.CheckpointManager):
         return False
 
 
+@functools.cache
 def _write_replicated_arrays_whole() -> None:
     """On one process, or on CPU devices, Orbax's writer is told not to split arrays among their replicas.
 
@@ -58,8 +60,8 @@ def _write_replicated_arrays_whole() -> None:
     blocked for 0.25 s; without slicing it blocks for 0.01-0.06 s. Several CPU processes are a test set-up on one
     machine, where the slicing costs the same. Accelerator pods with several processes keep Orbax's default.
     Orbax keeps one handler registry per process, so this is set there. It is set when a stage first saves, once
-    `jax.distributed` has set the process count. The new handler keeps the default one's array-metadata store,
-    which Orbax exposes only as an attribute.
+    `jax.distributed` has set the process count (which does not change after), and only once. The new handler keeps
+    the default one's array-metadata store, which Orbax exposes only as an attribute.
     """
     if jax.process_count() > 1 and jax.default_backend() != "cpu":
         return

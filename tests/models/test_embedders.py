@@ -117,7 +117,7 @@ def test_orca_model_features_and_logits():
                       ClassificationHead(16, 4, rngs=rngs))
     x = jnp.ones((3, 12, 1))
     assert model.features(x).shape == (3, 16)
-    np.testing.assert_allclose(model.features(x), model.embed(x).mean(1), atol=1e-5)
+    np.testing.assert_allclose(model.features(x), model.embedder(x).mean(1), atol=1e-6)
     assert model(x).shape == (3, 4)
     with pytest.raises(TypeError, match="does not fit"):
         OrcaModel(ImageEmbedder.from_body(swin_body(), 1, rngs=rngs), body, ClassificationHead(16, 4, rngs=rngs))
