@@ -1,6 +1,6 @@
 """The config schema every `configs/*.py` file starts from (ml_collections), with the official defaults.
 
-Sections: `task`, `data`, `body`, `embedder`, `source` (the proxy source set for alignment), `align`, `optimizer` (the
+Sections: `task`, `data`, `body`, `embedder`, `head`, `source` (the proxy source set for alignment), `align`, `optimizer` (the
 fine-tuning optimizer; the align stage uses its family at 10x its learning rate), `refine`, `mesh`. A field that a
 config file or the command line sets but the schema lacks is an error (configs are locked), so a typo cannot
 silently fall back to a default.
@@ -18,6 +18,7 @@ from orca_jax.parallel.sharding import DEFAULT_RULES, MIN_SHARD_BYTES
 # body.param_dtype / body.dtype names.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 EMBEDDER_INITS = ("auto", "body", "fresh")  # embedder.init
+DENSE_1D_HEADS = ("pool", "linear")  # head.dense_1d
 BODY_INITS = ("pretrained", "random")  # body.init
 
 
@@ -53,7 +54,11 @@ def base_config() -> ConfigDict:
     # target_seq_len: most tokens a 1D input becomes (official default 512); antialias: 2D resize (see embedders).
     # init: auto (official: copied from the body when the align stage runs, fresh otherwise) | body | fresh; "body"
     # without alignment separates what the body's initialisation gives from what alignment gives.
-    c.embedder = ConfigDict(dict(target_seq_len=512, antialias=False, init="auto"))
+    # norm: the official layer norm of each 1D token (True); False keeps the patches' amplitude (docs/method.md).
+    c.embedder = ConfigDict(dict(target_seq_len=512, antialias=False, init="auto", norm=True))
+    # dense_1d: the 1D dense head, "pool" (official: each token's state average-pooled, no parameters) or "linear"
+    # (a learned map of each token's state to its positions; docs/method.md).
+    c.head = ConfigDict(dict(dense_1d="pool"))
     # name: python_docs (offline) or conll2003 for text bodies, cifar10 or digits (offline) for Swin.
     # cache_dir "" = ~/.cache/orca_jax/source_features; data_dir "" = tensorflow-datasets' default.
     c.source = ConfigDict(dict(name="conll2003", size=5000, seed=0, cache_dir="", data_dir=""))

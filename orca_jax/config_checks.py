@@ -28,7 +28,7 @@ import jax
 from jax.sharding import AbstractMesh
 from ml_collections import ConfigDict
 
-from orca_jax.config import BODY_INITS, DTYPES, EMBEDDER_INITS
+from orca_jax.config import BODY_INITS, DENSE_1D_HEADS, DTYPES, EMBEDDER_INITS
 from orca_jax.data.kinds import CLASS_WEIGHTINGS, TASK_KINDS
 from orca_jax.data.sources import SOURCES
 from orca_jax.data.tasks import TASK_LOADERS, scheme_loader
@@ -232,6 +232,9 @@ def _check_body(c: _Checker, align: bool) -> None:
         c.number("body.dropout", "[0, 1)", "a negative rate keeps the checkpoint's own")
     c.integer("embedder.target_seq_len", 1, "set the most tokens a 1D input becomes (official 512)")
     c.choice("embedder.init", EMBEDDER_INITS)
+    if not isinstance(c.value("embedder.norm"), bool):
+        c.fail("embedder.norm", "must be True (the official layer norm of each token) or False")
+    c.choice("head.dense_1d", DENSE_1D_HEADS)
     if not align:
         return
     if c.choice("source.name", SOURCES) and modality is not None:

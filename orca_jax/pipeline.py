@@ -22,7 +22,7 @@ from orca_jax.data.kinds import get_task_kind
 from orca_jax.data.tasks import DataError, Task, check_task, load_task
 from orca_jax.models.pretrained import load_checkpoint
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
-from orca_jax.models.heads import ClassificationHead, ImageDenseHead, SequenceDenseHead
+from orca_jax.models.heads import ClassificationHead, ImageDenseHead, SequenceDenseHead, SequenceLinearHead
 from orca_jax.models.orca import OrcaModel
 from orca_jax.models.swin import Swin
 from orca_jax.ot import pseudo_labels
@@ -58,15 +58,17 @@ def build_model(config: ConfigDict, task: Task, objective: TaskObjective) -> Orc
         length, channels = task.input_shape
         embedder = SequenceEmbedder.from_body(
             body, channels, length, target_seq_len=config.embedder.target_seq_len, init_from_body=init_from_body,
-            rngs=rngs,
+            norm=config.embedder.norm, rngs=rngs,
         )
         width = body.config.hidden_size
-    head = build_head(task, objective, body, embedder, width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+    head = build_head(task, objective, body, embedder, width, dense_1d=config.head.dense_1d, param_dtype=param_dtype,
+                      dtype=dtype, rngs=rngs)
     return OrcaModel(embedder, body, head)
 
 
 def build_head(
-    task: Task, objective: TaskObjective, body, embedder, width: int, *, param_dtype, dtype, rngs: nnx.Rngs
+    task: Task, objective: TaskObjective, body, embedder, width: int, *, dense_1d: str = "pool", param_dtype, dtype,
+    rngs: nnx.Rngs,
 ) -> nnx.Module:
     """The kind's head: linear for classes, labels and values; the official dense heads for per-position targets
     (their last target axis, when there is one, is the channel axis)."""
@@ -75,7 +77,11 @@ def build_head(
         outputs = objective.num_outputs if kind.targets == "values" else task.num_classes
         return ClassificationHead(width, outputs, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
     if kind.head == "dense_1d":
-        return SequenceDenseHead(shape[1] if len(shape) == 2 else 1, embedder.stride)
+        channels = shape[1] if len(shape) == 2 else 1
+        if dense_1d == "linear":
+            return SequenceLinearHead(width, channels, embedder.stride, param_dtype=param_dtype, dtype=dtype,
+                                      rngs=rngs)
+        return SequenceDenseHead(channels, embedder.stride)
     return ImageDenseHead.from_body(body, out_channels=shape[2] if len(shape) == 3 else 1, output_size=shape[:2],
                                     rngs=rngs)
 
@@ -202,7 +208,7 @@ def load_source_features(config: ConfigDict, model: OrcaModel):
             "everywhere), or the body is degenerate. Check the checkpoint's tokenizer files, then delete the cached "
             "features."
         )
-    width = model.embedder.norm.scale.shape[0]
+    width = model.embedder.width
     if source.features.shape[1] != width:
         raise ValueError(
             f"Source features {source.path} have width {source.features.shape[1]} but the embedder's tokens have "

@@ -86,6 +86,7 @@ class SequenceEmbedder(nnx.Module):
         num_positions: int,
         first_position: int,
         layer_norm_eps: float,
+        norm: bool = True,
         param_dtype=jnp.float32,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -103,7 +104,10 @@ class SequenceEmbedder(nnx.Module):
             in_channels, width, kernel_size=(self.stride,), strides=(self.stride,), padding="VALID",
             kernel_init=_XAVIER_GAIN_SQRT2, param_dtype=param_dtype, dtype=dtype, rngs=rngs,
         )
-        self.norm = nnx.LayerNorm(width, epsilon=layer_norm_eps, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        # The official layer norm makes each token scale-free: a patch's amplitude reaches the body only through the
+        # projection's bias. `norm=False` keeps it (embedder.norm, for targets that depend on input amplitudes).
+        self.norm = (nnx.LayerNorm(width, epsilon=layer_norm_eps, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+                     if norm else None)
         self.position = nnx.Embed(num_positions, width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.first_position = first_position
 
@@ -117,15 +121,25 @@ class SequenceEmbedder(nnx.Module):
     def _positions(self) -> jax.Array:
         return self.position(jnp.arange(self.num_tokens) + self.first_position)
 
+    @property
+    def width(self) -> int:
+        return self.projection.out_features
+
     def __call__(self, x: jax.Array) -> jax.Array:
         self._check(x)
-        return self.norm(self.projection(x.astype(self.norm.dtype))) + self._positions()[None]
+        tokens = self.projection(x.astype(self.projection.dtype))
+        return (tokens if self.norm is None else self.norm(tokens)) + self._positions()[None]
 
     def pooled(self, x: jax.Array) -> jax.Array:
         """The tokens' mean [batch, width], float32, without forming them."""
         self._check(x)
         patches = x.reshape(x.shape[0], self.num_tokens, self.stride * self.in_channels)
         positions = jnp.mean(self._positions().astype(jnp.float32), axis=0)
+        if self.norm is None:  # linear: the mean token is the projection of the mean patch
+            kernel = self.projection.kernel[...].astype(jnp.float32).reshape(patches.shape[-1], -1)
+            mean_patch = jnp.mean(patches.astype(jnp.float32), axis=1)
+            bias = self.projection.bias[...].astype(jnp.float32)
+            return jnp.matmul(mean_patch, kernel, precision=_FULL) + bias + positions
         return mean_normalised_projection(patches, self.projection, self.norm) + positions
 
     @classmethod
@@ -137,17 +151,19 @@ class SequenceEmbedder(nnx.Module):
         *,
         target_seq_len: int,
         init_from_body: bool = True,
+        norm: bool = True,
         rngs: nnx.Rngs,
     ) -> SequenceEmbedder:
         config = body.config
         embedder = cls(
             in_channels, length, config.hidden_size, target_seq_len=target_seq_len,
             num_positions=config.max_position_embeddings, first_position=config.first_position,
-            layer_norm_eps=config.layer_norm_eps, param_dtype=body.param_dtype, dtype=body.dtype, rngs=rngs,
+            layer_norm_eps=config.layer_norm_eps, norm=norm, param_dtype=body.param_dtype, dtype=body.dtype,
+            rngs=rngs,
         )
         # The position table is copied in both official branches; the norm only when the embedder is aligned.
         embedder.position.embedding.set_value(jnp.copy(body.embeddings.position.embedding[...]))
-        if init_from_body:
+        if init_from_body and norm:
             embedder.norm.scale.set_value(jnp.copy(body.embeddings.norm.scale[...]))
             embedder.norm.bias.set_value(jnp.copy(body.embeddings.norm.bias[...]))
         return embedder
@@ -179,6 +195,10 @@ class ImageEmbedder(nnx.Module):
             kernel_init=nnx.initializers.truncated_normal(0.02), param_dtype=param_dtype, dtype=dtype, rngs=rngs,
         )
         self.norm = nnx.LayerNorm(embed_dim, epsilon=layer_norm_eps, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+
+    @property
+    def width(self) -> int:
+        return self.projection.out_features
 
     def _resized(self, x: jax.Array) -> jax.Array:
         """The resize is bilinear with half-pixel centres and, by default, no antialiasing: what torchvision's

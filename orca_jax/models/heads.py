@@ -8,6 +8,8 @@ code:
 - `SequenceDenseHead` (1D dense outputs, e.g. PDEs): parameter-free. Each token's width-D state is average-pooled
   (PyTorch `AdaptiveAvgPool1d` bins) to `out_channels * stride` numbers, which are laid back out as the output
   sequence: with the embedder's stacking factor `stride`, tokens x stride = output length.
+- `SequenceLinearHead` (1D dense outputs, `head.dense_1d=linear`; not official): a linear map of each token's state
+  to its `stride` output positions, which can reach targets of any scale.
 - `ImageDenseHead` (2D dense outputs): the SimMIM decoder of `SwinForMaskedImageModeling` (randomly initialised in
   ORCA: its checkpoint has none), a 1x1 convolution to `encoder_stride**2 * 3` channels and a pixel shuffle back to
   the image size (224), then parameter-free adaptive average pooling of the 3 channels to `out_channels` and of the
@@ -90,6 +92,27 @@ class SequenceDenseHead(nnx.Module):
         weights = adaptive_pool_matrix(width, self.out_channels * self.stride)
         values = jnp.einsum("btd,nd->btn", sequence.astype(jnp.float32), weights, precision=_HIGHEST)
         return values.reshape(batch, self.out_channels, tokens * self.stride).transpose(0, 2, 1)
+
+
+class SequenceLinearHead(nnx.Module):
+    """A learned 1D dense head (`head.dense_1d=linear`, not in the official code): each token's state is mapped by
+    one linear layer to its own `stride` output positions (t * stride ... (t + 1) * stride - 1) of every channel.
+    The official head can only average blocks of a layer-normed state, whose scale is fixed, so
+    targets whose amplitude varies (an identity map, a PDE's solution) are out of its reach."""
+
+    def __init__(self, width: int, out_channels: int, stride: int, *, param_dtype=jnp.float32, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        if out_channels < 1 or stride < 1:
+            raise ValueError(f"out_channels={out_channels} and stride={stride} must both be positive.")
+        self.out_channels, self.stride = out_channels, stride
+        self.linear = nnx.Linear(width, out_channels * stride, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+
+    def __call__(self, pooled: jax.Array, sequence: jax.Array) -> jax.Array:
+        del pooled
+        batch, tokens, _ = sequence.shape
+        values = self.linear(sequence).astype(jnp.float32)
+        return values.reshape(batch, tokens, self.out_channels, self.stride).transpose(0, 1, 3, 2).reshape(
+            batch, tokens * self.stride, self.out_channels)
 
 
 class ImageDenseHead(nnx.Module):

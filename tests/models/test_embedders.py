@@ -55,6 +55,25 @@ def test_sequence_embedder_copies_positions_and_norm_and_adds_positions_after_th
     np.testing.assert_allclose(embedder(x), expected, atol=1e-5)
 
 
+def test_embedder_without_norm_keeps_the_amplitude_and_pools_linearly():
+    """embedder.norm=False: tokens are projection + positions, so scaling the input scales the token's projection
+    (the official norm would make it scale-free); `pooled` is still the tokens' mean, value and gradient."""
+    body = text_body()
+    embedder = SequenceEmbedder.from_body(body, 2, 12, target_seq_len=6, norm=False, rngs=nnx.Rngs(1))
+    assert embedder.norm is None and embedder.width == 16
+    embedder.projection.bias.set_value(jnp.linspace(-1.0, 1.0, 16))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 12, 2)), jnp.float32)
+    positions = body.embeddings.position.embedding[2:8]
+    np.testing.assert_allclose(embedder(x), embedder.projection(x) + positions, atol=1e-6)
+    np.testing.assert_allclose(embedder(3 * x) - positions - embedder.projection.bias[...],
+                               3 * (embedder(x) - positions - embedder.projection.bias[...]), atol=1e-5)
+    np.testing.assert_allclose(embedder.pooled(x), embedder(x).mean(1), atol=1e-5)
+    graphdef, params = nnx.split(embedder, nnx.Param)
+    via = lambda f: jax.grad(lambda p: jnp.sum(jnp.sin(f(nnx.merge(graphdef, p), x))))(params)  # noqa: E731
+    for a, b in zip(jax.tree.leaves(via(lambda m, v: m.pooled(v))), jax.tree.leaves(via(lambda m, v: m(v).mean(1)))):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_no_alignment_ablation_keeps_positions_but_resets_the_norm():
     body = text_body(roberta=False)
     embedder = SequenceEmbedder.from_body(body, 1, 8, target_seq_len=8, init_from_body=False, rngs=nnx.Rngs(1))

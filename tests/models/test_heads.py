@@ -7,7 +7,7 @@ import torch
 from flax import nnx
 
 from orca_jax.models.heads import (
-    ClassificationHead, ImageDenseHead, SequenceDenseHead, adaptive_pool_matrix, pixel_shuffle,
+    ClassificationHead, ImageDenseHead, SequenceDenseHead, SequenceLinearHead, adaptive_pool_matrix, pixel_shuffle,
 )
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
 from orca_jax.models.orca import OrcaModel
@@ -51,6 +51,20 @@ def test_sequence_dense_head_is_the_official_pool_and_reshape(out_channels, stri
     assert out.shape == (batch, tokens * stride, out_channels)
     np.testing.assert_allclose(out, expected, atol=1e-6)
     assert not nnx.state(head, nnx.Param)  # parameter-free, as the official head
+
+
+def test_sequence_linear_head_maps_each_token_to_its_own_positions():
+    """head.dense_1d=linear: output position t * stride + i, channel c is the linear map's output c * stride + i
+    of token t, so a token's state decides only its own positions."""
+    batch, tokens, width, channels, stride = 2, 5, 8, 3, 4
+    head = SequenceLinearHead(width, channels, stride, rngs=nnx.Rngs(0))
+    sequence = RNG.normal(size=(batch, tokens, width)).astype(np.float32)
+    out = np.asarray(head(jnp.zeros((batch, width)), jnp.asarray(sequence)))
+    assert out.shape == (batch, tokens * stride, channels)
+    mapped = sequence @ np.asarray(head.linear.kernel[...]) + np.asarray(head.linear.bias[...])
+    for t in range(tokens):
+        for i in range(stride):
+            np.testing.assert_allclose(out[:, t * stride + i, :], mapped[:, t, i::stride], atol=1e-5)
 
 
 def _torch_image_head(sequence, kernel, bias, grid, stride, out_channels, output_size):
