@@ -43,6 +43,7 @@ from scipy import stats
 from orca_jax.data.source_features import load_or_compute
 from orca_jax.parallel import is_main_process
 from orca_jax.pipeline import DiskFullError, run, strict_json
+from orca_jax.plotting import figure_png
 from orca_jax.train.metrics import METRICS
 from orca_jax.workdir import CONFIG_FILE, write_file
 
@@ -392,20 +393,6 @@ def results_markdown(records: Sequence[RunRecord], rows: Sequence[dict], confide
     return "\n".join(lines)
 
 
-def _png(draw: Callable) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = draw(plt)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 def _colours(names: Sequence[str]) -> dict:
     import matplotlib
 
@@ -442,7 +429,7 @@ def plot_distance_vs_metric(records: Sequence[RunRecord], rows: Sequence[dict]) 
         fig.suptitle("one point per run; one panel per alignment objective", fontsize=9)
         return fig
 
-    return _png(draw)
+    return figure_png(draw)
 
 
 def plot_bars(records: Sequence[RunRecord], rows: Sequence[dict], confidence: float = CONFIDENCE) -> bytes:
@@ -468,7 +455,7 @@ def plot_bars(records: Sequence[RunRecord], rows: Sequence[dict], confidence: fl
         fig.suptitle(f"mean, {confidence:.0%} Student-t interval over seeds, each run a dot", fontsize=9)
         return fig
 
-    return _png(draw)
+    return figure_png(draw)
 
 
 def write_reports(records: Sequence[RunRecord], workdir: epath.PathLike) -> list[dict]:

@@ -20,7 +20,6 @@ filter: a mask, not a copy), and only the embedder part is differentiated and up
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import time
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 from orca_jax.data.loader import iterate
 from orca_jax.ot import MMDLoss, OTDDLoss
 from orca_jax.ot.l2 import L2Loss
+from orca_jax.plotting import figure_png
 from orca_jax.parallel import (
     Preempted,
     PreemptionGuard,
@@ -391,31 +391,27 @@ def write_align_outputs(model: nnx.Module, result: AlignResult, workdir: epath.P
     }
     write_file(workdir / "align_summary.json", json.dumps(summary, indent=2))
     if is_main_process():
-        buffer = io.BytesIO()
-        plot_distance_curve(result, buffer, config.objective)
-        write_file(workdir / "align_distance.png", buffer.getvalue())
+        write_file(workdir / "align_distance.png", plot_distance_curve(result, config.objective))
 
 
-def plot_distance_curve(result: AlignResult, path, objective: str) -> None:
-    import matplotlib
+def plot_distance_curve(result: AlignResult, objective: str) -> bytes:
+    def draw(plt):
+        epochs = [r["epoch"] for r in result.history]
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+        ax.plot(epochs, [r["distance"] for r in result.history], marker=".",
+                label="class-weighted distance (epoch sample)")
+        # Before and after are measured on one fixed sample, drawn at epoch 0 and at the last epoch.
+        ax.plot([0], [result.distance_before], "s", color="gray",
+                label=f"before (fixed sample): {result.distance_before:.4g}")
+        ax.plot([epochs[-1]], [result.distance_after], "s", color="green",
+                label=f"after (fixed sample): {result.distance_after:.4g}")
+        ax.set_xlabel("align epoch (= optimizer step)")
+        ax.set_ylabel(objective)
+        ax.set_title("ORCA align: embedded target vs source features")
+        ax.legend(fontsize=8)
+        return fig
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in result.history]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(epochs, [r["distance"] for r in result.history], marker=".", label="class-weighted distance (epoch sample)")
-    # Before and after are measured on one fixed sample, drawn at epoch 0 and at the last epoch.
-    ax.plot([0], [result.distance_before], "s", color="gray", label=f"before (fixed sample): {result.distance_before:.4g}")
-    ax.plot([epochs[-1]], [result.distance_after], "s", color="green",
-            label=f"after (fixed sample): {result.distance_after:.4g}")
-    ax.set_xlabel("align epoch (= optimizer step)")
-    ax.set_ylabel(objective)
-    ax.set_title("ORCA align: embedded target vs source features")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    return figure_png(draw)
 
 
 def load_aligned_embedder(model: nnx.Module, path: epath.PathLike, *, directory: bool = False) -> bool:
