@@ -234,6 +234,9 @@ def _check_body(c: _Checker, align: bool) -> None:
     c.choice("embedder.init", EMBEDDER_INITS)
     if not isinstance(c.value("embedder.norm"), bool):
         c.fail("embedder.norm", "must be True (the official layer norm of each token) or False")
+    elif c.value("embedder.norm") is False and modality == "image":
+        c.fail("embedder.norm", "applies to sequence inputs of text bodies; Swin's patch embedding keeps its norm "
+                                "(set embedder.norm=True)")
     c.choice("head.dense_1d", DENSE_1D_HEADS)
     if not align:
         return

@@ -80,6 +80,8 @@ CASES = [
     ({"task.normalize_targets": "yes"}, "task.normalize_targets='yes': unknown", "use one of elementwise, global"),
     ({"refine.select": "bets"}, "refine.select='bets': unknown", "did you mean 'best'? use one of best, last"),
     ({"body.dtype": "fp16"}, "body.dtype='fp16': unknown", "use one of bfloat16, float32"),
+    ({"head.dense_1d": "mlp"}, "head.dense_1d='mlp': unknown", "use one of linear, pool"),
+    ({"embedder.norm": "no"}, "embedder.norm='no': must be True", "or False"),
     ({"task.name": "mnist"}, "task.name='mnist': unknown", "did you mean 'mnist1d'? use a registered task"),
     ({"task.name": "npy:x.npy"}, "task.name='npy:x.npy': Unknown task scheme 'npy'", "use npz:PATH or tfds:NAME"),
     ({"task.name": "npz:"}, "task.name='npz:': names no data after the colon", "e.g. npz:data.npz"),
@@ -170,6 +172,9 @@ def test_the_source_must_fit_the_body(config, tmp_path):
     ]
     config.source.name = "digits"
     assert problems(config) == []
+    config.embedder.norm = False  # the sequence embedder's option
+    assert problems(config) == ["embedder.norm=False: applies to sequence inputs of text bodies; Swin's patch "
+                                "embedding keeps its norm (set embedder.norm=True)"]
 
 
 def test_checkpoints_that_cannot_be_a_body(config, tmp_path):
