@@ -232,9 +232,7 @@ def _check_body(c: _Checker, align: bool) -> None:
         c.number("body.dropout", "[0, 1)", "a negative rate keeps the checkpoint's own")
     c.integer("embedder.target_seq_len", 1, "set the most tokens a 1D input becomes (official 512)")
     c.choice("embedder.init", EMBEDDER_INITS)
-    if not isinstance(c.value("embedder.norm"), bool):
-        c.fail("embedder.norm", "must be True (the official layer norm of each token) or False")
-    elif c.value("embedder.norm") is False and modality == "image":
+    if c.value("embedder.norm") is False and modality == "image":
         c.fail("embedder.norm", "applies to sequence inputs of text bodies; Swin's patch embedding keeps its norm "
                                 "(set embedder.norm=True)")
     c.choice("head.dense_1d", DENSE_1D_HEADS)

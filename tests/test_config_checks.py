@@ -81,7 +81,6 @@ CASES = [
     ({"refine.select": "bets"}, "refine.select='bets': unknown", "did you mean 'best'? use one of best, last"),
     ({"body.dtype": "fp16"}, "body.dtype='fp16': unknown", "use one of bfloat16, float32"),
     ({"head.dense_1d": "mlp"}, "head.dense_1d='mlp': unknown", "use one of linear, pool"),
-    ({"embedder.norm": "no"}, "embedder.norm='no': must be True", "or False"),
     ({"task.name": "mnist"}, "task.name='mnist': unknown", "did you mean 'mnist1d'? use a registered task"),
     ({"task.name": "npy:x.npy"}, "task.name='npy:x.npy': Unknown task scheme 'npy'", "use npz:PATH or tfds:NAME"),
     ({"task.name": "npz:"}, "task.name='npz:': names no data after the colon", "e.g. npz:data.npz"),
