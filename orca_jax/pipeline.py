@@ -20,6 +20,7 @@ from orca_jax.config_checks import check_config
 from orca_jax.data.source_features import load_or_compute
 from orca_jax.data.kinds import get_task_kind
 from orca_jax.data.tasks import DataError, Task, check_task, load_task
+from orca_jax.inference.record import write_task_record
 from orca_jax.models.pretrained import load_checkpoint
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
 from orca_jax.models.heads import ClassificationHead, ImageDenseHead, SequenceDenseHead, SequenceLinearHead
@@ -141,6 +142,8 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
     else:
         check_task(task)
     objective = make_objective(task, config.task)
+    # What rebuilding the trained model needs and the config does not hold (orca_jax.inference.load_model).
+    write_task_record(workdir, task, objective, config.task.normalize_targets)
     model = build_model(config, task, objective)
     summary: dict = {"task": task.name, "kind": task.kind, "body": str(config.body.checkpoint)}
     # One preemption guard for both stages, whose step numbers continue from one to the next (align epochs, then
