@@ -43,7 +43,8 @@ SAFE_TO_CHANGE = (
 # Everything a run writes into its workdir; --restart deletes exactly these.
 RUN_OUTPUTS = (
     "align", "refine", "refine_best", "aligned_embedder", "tensorboard", "align_metrics.jsonl", "refine_metrics.jsonl",
-    "align_summary.json", "align_distance.png", "summary.json", "test_outputs.npz", CONFIG_FILE,
+    "align_summary.json", "align_distance.png", "summary.json", "test_outputs.npz", "task.json", "task_arrays.npz",
+    CONFIG_FILE,
 )
 
 

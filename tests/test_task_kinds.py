@@ -1,5 +1,6 @@
-"""Every task kind runs align + refine end to end on small synthetic data, and the test metric it reports equals an
-independent computation (scikit-learn or by hand) on the test outputs it saved."""
+"""Every task kind runs align + refine end to end on small synthetic data, the test metric it reports equals an
+independent computation (scikit-learn or by hand) on the test outputs it saved, and the trained model can be used
+afterwards (tests/inference_checks.py)."""
 
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from sklearn.metrics import accuracy_score, average_precision_score, f1_score, r
 from orca_jax.config import load_config_file
 from orca_jax.data import task_from_arrays
 from orca_jax.pipeline import run
+from tests.inference_checks import MODES, check_the_runs_model
 from tests.text_checkpoints import save_tiny_text_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,10 +83,12 @@ def smoke_config(bodies, body, **task):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(CASES))
-def test_every_kind_aligns_refines_and_reports_an_honest_metric(kind, bodies, tmp_path):
+def test_every_kind_aligns_refines_reports_an_honest_metric_and_its_model_is_usable(kind, bodies, tmp_path, capsys):
     body, x, y, options, reference = CASES[kind]
     task = task_from_arrays(x, y, kind=kind, val_fraction=0.25, test_fraction=0.25)
-    summary = run(smoke_config(bodies, body, **options), tmp_path / "work", task=task)
+    config = smoke_config(bodies, body, **options)
+    config.refine.finetune_method, config.refine.select = MODES[kind]
+    summary = run(config, tmp_path / "work", task=task)
     assert summary["kind"] == kind
     assert np.isfinite(summary["align"]["distance_before"]) and np.isfinite(summary["align"]["distance_after"])
     refine = summary["refine"]
@@ -94,6 +98,7 @@ def test_every_kind_aligns_refines_and_reports_an_honest_metric(kind, bodies, tm
     assert refine[f"test_{refine['metric']}"] == pytest.approx(reference(saved["outputs"], saved["targets"]),
                                                                rel=1e-5, abs=1e-6)
     assert "notes" in refine  # 24 validation examples: the run says selection on them is noisy
+    check_the_runs_model(kind, task, tmp_path / "work", summary, bodies[body], tmp_path, capsys)
 
 
 def test_loss_options_are_checked_against_the_loss(bodies, tmp_path):
