@@ -7,6 +7,7 @@ checked for every split between trained and frozen parameters.
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -60,10 +61,16 @@ def _batch_shapes_do_not_follow_the_input_size(model, x, expected):
 
 
 def _command_lines_reproduce_the_run(workdir, task, summary, tmp_path, capsys):
-    """scripts/evaluate.py, export.py and predict.py, run in-process, on the run's own test split."""
+    """scripts/evaluate.py, export.py and predict.py, run in-process, on the run's own test split; evaluate with
+    the workdir given relative to the current directory, as a user types it (Orbax restores only absolute paths)."""
     np.savez(tmp_path / "test.npz", x=task.test.x, y=task.test.y)
     capsys.readouterr()
-    assert evaluate_cli.main([f"--model={workdir}", f"--data=npz:{tmp_path / 'test.npz'}"]) == 0
+    here = os.getcwd()
+    os.chdir(workdir.parent)
+    try:
+        assert evaluate_cli.main([f"--model={workdir.name}", f"--data=npz:{tmp_path / 'test.npz'}"]) == 0
+    finally:
+        os.chdir(here)
     assert json.loads(capsys.readouterr().out)["value"] == summary["refine"]["test_accuracy"]
     export = tmp_path / "cli_export"
     assert export_cli.main([f"--workdir={workdir}", f"--out={export}"]) == 0

@@ -291,7 +291,7 @@ def load_model(path: str | epath.PathLike, which: str | None = None, *, mesh: Me
     devices, data-parallel). Raises `ModelError` for a directory that holds no loadable model, naming what is
     missing and how to get it.
     """
-    path = epath.Path(path)
+    path = epath.Path(path).absolute()  # Orbax restores only absolute paths; users type relative ones
     if which is not None and which not in WHICH:
         raise ModelError(f"which={which!r}; use one of {WHICH}, or None for the parameters the run tested.")
     if _directory_kind(path) == "export":
