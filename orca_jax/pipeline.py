@@ -31,7 +31,7 @@ from orca_jax.parallel import PreemptionGuard, make_mesh
 from orca_jax.train.align import OBJECTIVES, load_aligned_embedder, measure_distance, run_align
 from orca_jax.train.objective import TaskObjective, make_objective
 from orca_jax.train.refine import run_refine
-from orca_jax.workdir import RunLock, claim, disk_full, free_space, write_file
+from orca_jax.workdir import RunLock, check_data, claim, disk_full, free_space, write_file
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
         task = load_configured_task(config)
     else:
         check_task(task)
+    check_data(workdir, task)
     objective = make_objective(task, config.task)
     # What rebuilding the trained model needs and the config does not hold (orca_jax.inference.load_model).
     write_task_record(workdir, task, objective, config.task.normalize_targets)

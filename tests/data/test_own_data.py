@@ -47,6 +47,9 @@ def test_arrays_from_python_and_kind_required_for_non_class_targets():
     task = task_from_arrays(x, RNG.normal(size=(60, 12)).astype(np.float32), kind="dense_1d")
     assert task.kind == "dense_1d" and task.target_shape == (12,)
     with pytest.raises(ValueError, match=r"cannot tell the kind .* --config.task.kind=dense_1d"):
+        task_from_arrays(x, RNG.normal(size=(60, 12, 3)).astype(np.float32))
+    with pytest.raises(ValueError, match=r"cannot tell the kind .*y.astype\(np.int64\) if the values are whole .* "
+                                         r"--config.task.kind=regression"):
         task_from_arrays(x, RNG.normal(size=(60,)).astype(np.float32))
 
 
@@ -65,6 +68,11 @@ def test_arrays_from_python_and_kind_required_for_non_class_targets():
         (_seq(), np.where(np.arange(60) == 5, np.inf, 1.0), "regression", "targets holds 1 NaN or infinite"),
         (_seq(), RNG.integers(0, 3, 60), "segmentation", "Unknown task kind 'segmentation'"),
         (np.full((60, 12, 2), "a"), RNG.integers(0, 3, 60), None, "inputs have dtype <U1; inputs must be real"),
+        (_seq(), np.array(["cat", "dog"] * 30), "classification", r"dtype <U3.*np.unique\(y, return_inverse=True\)"),
+        (_seq(), np.array(["cat", "dog"] * 30), None, r"cannot tell the kind.*np.unique\(y, return_inverse=True\)"),
+        (_seq(), RNG.integers(0, 3, (60, 1)), None, r"cannot tell the kind .*\(60, 1\).*y.reshape\(-1\)"),
+        (_seq(), RNG.integers(0, 3, (60, 1)), "classification", r"y.reshape\(-1\)"),
+        (_seq()[:0], np.zeros(0, np.int64), None, r"x holds no examples \(shape \(0, 12, 2\)\)"),
     ],
 )
 def test_misfits_are_named_before_any_model_is_built(x, y, kind, match):
