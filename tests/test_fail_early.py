@@ -1,18 +1,20 @@
-"""Runs that break or lie become clear stops with nothing lost: SIGTERM on an epoch's last step, non-finite losses,
-a workdir reused by another experiment, on other data or by two runs at once, damaged checkpoints, a missing best checkpoint, a
-full disk."""
+"""Runs that break or lie become clear stops with nothing lost: SIGTERM on an epoch's last step, Ctrl-C, non-finite
+losses, a workdir reused by another experiment, on other data or by two runs at once, damaged checkpoints, a missing
+best checkpoint, a full disk."""
 
 import errno
 import json
 import logging
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
 
 from orca_jax.config import load_config_file
 from orca_jax.data import load_task, task_from_arrays
-from orca_jax.parallel import PREEMPTED_EXIT_CODE, PreemptionGuard
+from orca_jax.parallel import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, PreemptionGuard
 from orca_jax.pipeline import DiskFullError, run
 from orca_jax.workdir import RunLock, WorkdirError, check_data, data_fingerprint
 from tests.test_task_kinds import ROOT
@@ -68,6 +70,34 @@ def test_sigterm_on_the_last_step_of_an_epoch_finishes_the_epoch_and_resumes(bod
         assert [r["train_loss"] for r in history(workdir)] == pytest.approx(
             [r["train_loss"] for r in history(tmp_path / "whole")], rel=1e-6)
         assert resumed["refine"]["test_accuracy"] == whole["refine"]["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_at_the_next_step_after_saving_and_a_second_stops_at_once(body, tmp_path, monkeypatch, caplog):
+    real_should_stop = PreemptionGuard.should_stop
+
+    def press_ctrl_c_at(step_wanted, times):
+        def should_stop(self, step):
+            if step == step_wanted:
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGINT)  # handled by the guard, as a terminal's Ctrl-C would be
+            return real_should_stop(self, step)
+        monkeypatch.setattr(PreemptionGuard, "should_stop", should_stop)
+
+    press_ctrl_c_at(2, times=1)
+    workdir = tmp_path / "w"
+    with caplog.at_level(logging.WARNING, logger="orca_jax"), pytest.raises(SystemExit) as stopped:
+        run(config(body, tmp_path, epochs=2), workdir, task=task())
+    assert stopped.value.code == INTERRUPTED_EXIT_CODE
+    assert "press Ctrl-C again to stop at once" in caplog.text
+    assert "refine stopped by Ctrl-C at epoch 1, step 3; rerun the same command to resume" in caplog.text
+    press_ctrl_c_at(STEPS + 1, times=2)
+    with pytest.raises(KeyboardInterrupt):
+        run(config(body, tmp_path, epochs=2), workdir, task=task())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the guard gave Ctrl-C back
+    monkeypatch.setattr(PreemptionGuard, "should_stop", real_should_stop)
+    summary = run(config(body, tmp_path, epochs=2), workdir, task=task())
+    assert [r["epoch"] for r in history(workdir)] == [1, 2] and summary["refine"]["best_epoch"] in (1, 2)
 
 
 @pytest.mark.slow
