@@ -136,6 +136,12 @@ class RunLock:
             self.file = None
 
 
+def trained(workdir: epath.Path) -> bool:
+    """Whether a stage of the run left anything: a run that failed before (bad data, a missing body) holds nothing a
+    corrected rerun could be mixed with, so it is not held to the config or data it recorded."""
+    return any((workdir / name).exists() for name in ("align", "refine", "align_metrics.jsonl", "summary.json"))
+
+
 def claim(workdir: epath.PathLike, config: ConfigDict, *, restart: bool = False) -> None:
     """Checks that `config` may run in `workdir` (call it holding the `RunLock`): deletes the run's outputs when
     `restart`, refuses a different experiment, and records the config."""
@@ -150,7 +156,7 @@ def claim(workdir: epath.PathLike, config: ConfigDict, *, restart: bool = False)
                 log.warning("--restart: deleted %s from %s", ", ".join(removed), workdir)
         multihost_utils.sync_global_devices("orca_jax workdir restarted")  # no process reads what is being deleted
     saved_file = workdir / CONFIG_FILE
-    if saved_file.exists():
+    if saved_file.exists() and trained(workdir):
         saved, new = _flatten(json.loads(saved_file.read_text())), _comparable(config)
         # A field the saved config lacks came with a newer orca-jax: at its default it changes nothing.
         defaults = _comparable(base_config())
@@ -196,7 +202,7 @@ def check_data(workdir: epath.PathLike, task) -> None:
     """Refuses to resume the run in `workdir` on other data than it was trained on, and records the data of a new
     run (call it after `claim`, before anything of the run is rewritten)."""
     saved_file, new = epath.Path(workdir) / DATA_FILE, data_fingerprint(task)
-    if saved_file.exists():
+    if saved_file.exists() and trained(workdir):
         saved = json.loads(saved_file.read_text())["arrays"]
         differ = [name for name in new if saved.get(name) != new[name]]
         if differ:
