@@ -16,7 +16,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from orca_jax.config import DTYPES
-from orca_jax.config_checks import check_config
+from orca_jax.config_checks import ConfigError, check_config
 from orca_jax.data.source_features import load_or_compute
 from orca_jax.data.kinds import get_task_kind
 from orca_jax.data.tasks import DataError, Task, check_task, load_task
@@ -31,7 +31,7 @@ from orca_jax.parallel import PreemptionGuard, make_mesh
 from orca_jax.train.align import OBJECTIVES, load_aligned_embedder, measure_distance, run_align
 from orca_jax.train.objective import TaskObjective, make_objective
 from orca_jax.train.refine import run_refine
-from orca_jax.workdir import RunLock, claim, disk_full, free_space, write_file
+from orca_jax.workdir import RunLock, WorkdirError, check_data, claim, disk_full, free_space, write_file
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,8 @@ def run(config: ConfigDict, workdir: str | epath.PathLike, task: Task | None = N
     """
     check_config(config)  # every mistake at once, before the workdir, the data or the model is touched
     workdir = epath.Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirError(f"--workdir {workdir} is a file, not a directory; choose another --workdir.")
     workdir.mkdir(parents=True, exist_ok=True)
     with RunLock(workdir):
         try:
@@ -141,6 +143,7 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
         task = load_configured_task(config)
     else:
         check_task(task)
+    check_data(workdir, task)
     objective = make_objective(task, config.task)
     # What rebuilding the trained model needs and the config does not hold (orca_jax.inference.load_model).
     write_task_record(workdir, task, objective, config.task.normalize_targets)
@@ -164,10 +167,10 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
             }
         if config.refine.init_embedder:
             if not load_aligned_embedder(model, config.refine.init_embedder, directory=True):
-                raise FileNotFoundError(
+                raise ConfigError([
                     f"refine.init_embedder={config.refine.init_embedder!r} is not an aligned_embedder directory that "
                     "fits this model; give the aligned_embedder/ of a workdir whose run used the same body and task."
-                )
+                ])
             summary["init_embedder"] = str(config.refine.init_embedder)
         if config.align.epochs == 0 and config.align.objective in OBJECTIVES and config.align.objective != "none":
             # Without an align stage, where the embedder the refine stage starts from stands: the distance that

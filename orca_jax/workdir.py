@@ -9,6 +9,12 @@
   epochs, checkpoint cadence, evaluation batch size, input-pipeline threads, data and cache locations, the mesh).
   Anything else (seed, objective, learning rate, body...) is refused with the fields and both values, because
   resuming would mix two experiments in one summary. `restart=True` deletes the run's outputs and starts over.
+- **Same data.** The same config can name a file whose content changed (an `npz:` file rewritten in place), and a
+  resume would then score the old model on the new data. `data.json` keeps a fingerprint of every split's arrays
+  (`data_fingerprint`): shapes, dtypes and a hash of the bytes; a rerun on other data is refused naming the task and
+  the array that differ. Arrays up to `_FINGERPRINT_WHOLE_BYTES` are hashed whole; larger ones (memory maps of any
+  size) on `_FINGERPRINT_ROWS` evenly spaced rows, first and last included, so the check reads a bounded amount: a
+  change confined to rows between the sampled ones is not seen.
 - **Writes.** Host-side files (summaries, JSONL, plots) are written by process 0 only (`is_main_process`), atomically
   (a temporary file renamed into place), through `etils.epath`, so `gs://` workdirs work unchanged.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import datetime
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +32,7 @@ import shutil
 import socket
 import sys
 
+import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
@@ -35,6 +43,9 @@ from orca_jax.parallel import is_main_process
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+DATA_FILE = "data.json"
+_FINGERPRINT_WHOLE_BYTES = 64 << 20  # hashed whole up to this size (a fraction of a second)
+_FINGERPRINT_ROWS = 1024  # otherwise this many evenly spaced rows
 # Dotted config fields (or prefixes ending in ".") a resumed run may change.
 SAFE_TO_CHANGE = (
     "align.epochs", "refine.epochs", "align.checkpoint_every", "refine.checkpoint_every", "eval_batch_size", "data.",
@@ -44,7 +55,7 @@ SAFE_TO_CHANGE = (
 RUN_OUTPUTS = (
     "align", "refine", "refine_best", "aligned_embedder", "tensorboard", "align_metrics.jsonl", "refine_metrics.jsonl",
     "align_summary.json", "align_distance.png", "summary.json", "test_outputs.npz", "task.json", "task_arrays.npz",
-    CONFIG_FILE,
+    CONFIG_FILE, DATA_FILE,
 )
 
 
@@ -125,6 +136,12 @@ class RunLock:
             self.file = None
 
 
+def trained(workdir: epath.Path) -> bool:
+    """Whether a stage of the run left anything: a run that failed before (bad data, a missing body) holds nothing a
+    corrected rerun could be mixed with, so it is not held to the config or data it recorded."""
+    return any((workdir / name).exists() for name in ("align", "refine", "align_metrics.jsonl", "summary.json"))
+
+
 def claim(workdir: epath.PathLike, config: ConfigDict, *, restart: bool = False) -> None:
     """Checks that `config` may run in `workdir` (call it holding the `RunLock`): deletes the run's outputs when
     `restart`, refuses a different experiment, and records the config."""
@@ -139,7 +156,7 @@ def claim(workdir: epath.PathLike, config: ConfigDict, *, restart: bool = False)
                 log.warning("--restart: deleted %s from %s", ", ".join(removed), workdir)
         multihost_utils.sync_global_devices("orca_jax workdir restarted")  # no process reads what is being deleted
     saved_file = workdir / CONFIG_FILE
-    if saved_file.exists():
+    if saved_file.exists() and trained(workdir):
         saved, new = _flatten(json.loads(saved_file.read_text())), _comparable(config)
         # A field the saved config lacks came with a newer orca-jax: at its default it changes nothing.
         defaults = _comparable(base_config())
@@ -160,6 +177,49 @@ def claim(workdir: epath.PathLike, config: ConfigDict, *, restart: bool = False)
             log.info("resuming %s with %s changed", workdir, ", ".join(changed))
     multihost_utils.sync_global_devices("orca_jax workdir config compared")  # every process read the old one
     write_file(saved_file, config.to_json_best_effort(indent=2))
+
+
+def _array_fingerprint(array) -> dict:
+    shape, dtype = tuple(int(d) for d in array.shape), np.dtype(array.dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    whole = size <= _FINGERPRINT_WHOLE_BYTES or len(array) <= _FINGERPRINT_ROWS
+    # Indexed by rows, as batches are read: memory maps and lazy readers read only those rows.
+    rows = np.arange(len(array)) if whole else np.linspace(0, len(array) - 1, _FINGERPRINT_ROWS).astype(np.int64)
+    values, sampled = np.asarray(array[rows]), "all" if whole else f"{_FINGERPRINT_ROWS} rows"
+    digest = hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()[:32]
+    return {"shape": list(shape), "dtype": dtype.str, "hashed": sampled, "sha256": digest}
+
+
+def data_fingerprint(task) -> dict:
+    """The fingerprint of a task's data that `check_data` compares (see the module docstring)."""
+    return {
+        f"{split}.{field}": _array_fingerprint(getattr(getattr(task, split), field))
+        for split in ("train", "val", "test") for field in ("x", "y")
+    }
+
+
+def check_data(workdir: epath.PathLike, task) -> None:
+    """Refuses to resume the run in `workdir` on other data than it was trained on, and records the data of a new
+    run (call it after `claim`, before anything of the run is rewritten)."""
+    saved_file, new = epath.Path(workdir) / DATA_FILE, data_fingerprint(task)
+    if saved_file.exists() and trained(workdir):
+        saved = json.loads(saved_file.read_text())["arrays"]
+        differ = [name for name in new if saved.get(name) != new[name]]
+        if differ:
+            def what(name):
+                old, now = saved.get(name, {}), new[name]
+                if old.get("shape") != now["shape"] or old.get("dtype") != now["dtype"]:
+                    return f"{name} is {now['dtype']} {tuple(now['shape'])} (was {old.get('dtype')} " \
+                           f"{tuple(old.get('shape', ()))})"
+                return f"{name} has other values"
+            raise WorkdirError(
+                f"Workdir {workdir} holds a run trained on other data than task {task.name!r} gives now: "
+                f"{'; '.join(what(n) for n in differ)}. Resuming would score the old model on the new data. Choose "
+                "another workdir, or start over in this one (scripts/train.py --restart, or pipeline.run(..., "
+                "restart=True))."
+            )
+        return
+    write_file(saved_file, json.dumps({"task": task.name, "arrays": new}, indent=1))
 
 
 def disk_full(error: BaseException) -> bool:

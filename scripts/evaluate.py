@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from orca_jax.inference.cli import run_command
+from orca_jax.cli import run_command
 
 
 def parser() -> argparse.ArgumentParser:

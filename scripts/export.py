@@ -18,7 +18,7 @@ import sys
 
 from etils import epath
 
-from orca_jax.inference.cli import run_command
+from orca_jax.cli import run_command
 
 
 def parser() -> argparse.ArgumentParser:

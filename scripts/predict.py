@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from etils import epath
 
-from orca_jax.inference.cli import RunError, run_command
+from orca_jax.cli import RunError, run_command
 
 
 def parser() -> argparse.ArgumentParser:

@@ -114,8 +114,9 @@ def _expand(names: list[str]) -> list[str]:
         elif name in known:
             tasks.append(name)
         else:
-            raise SystemExit(f"Unknown task {name!r}; use a task ({', '.join(sorted(known))}) or a benchmark "
-                             f"({', '.join(BENCHMARKS)}).")
+            print(f"Unknown task {name!r}; use a task ({', '.join(sorted(known))}) or a benchmark "
+                  f"({', '.join(BENCHMARKS)}).", file=sys.stderr)
+            sys.exit(2)
     return tasks
 
 

@@ -10,15 +10,16 @@ the ranking (lowest distance first) with each body's source-feature scale, and w
 of its source features); the paper compares raw distances anyway. `--sweep-after` then runs the config in full for
 the `--top-k` best bodies (0: all) x `--seeds` in `DIR/sweep/` (see scripts/sweep.py) and adds their test metric to
 the ranking. `--config.<field>=<value>` overrides apply to every run. Exit status: 0 done; 1 some run failed (see
-the ranking and reports); 2 nothing could start; 75 stopped by SIGTERM (rerun to resume).
+the ranking and reports); 2 nothing could start; 75 stopped by SIGTERM, 130 by Ctrl-C (rerun to resume).
 """
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from orca_jax.cli import start
+from orca_jax.cli import run_app, run_command
+from orca_jax.config_checks import ConfigError
 from orca_jax.parallel import is_main_process
 from orca_jax.sweep import ranking_markdown, select_bodies
 
@@ -35,21 +36,25 @@ flags.mark_flags_as_required(["config", "bodies", "workdir"])
 
 def main(argv):
     del argv
-    start()
-    try:
-        seeds = [int(s) for s in _SEEDS.value] if _SWEEP_AFTER.value else []
-    except ValueError:
-        print(f"error: --seeds={','.join(_SEEDS.value)} must be integers, e.g. 0,1,2", file=sys.stderr)
-        sys.exit(2)
-    config = _CONFIG.value
-    ranking = select_bodies(config, _BODIES.value, _WORKDIR.value, align_epochs=_ALIGN_EPOCHS.value,
-                            sweep_seeds=seeds, top_k=_TOP_K.value)
-    if is_main_process():
-        print(ranking_markdown(ranking, config.align.objective, _ALIGN_EPOCHS.value))
-        print(f"ranking: {_WORKDIR.value}/ranking.md")
-    failed = any(e["error"] for e in ranking) or any(e.get("sweep", {}).get("failed") for e in ranking)
-    sys.exit(1 if failed else 0)
+    failed = False
+
+    def body():
+        nonlocal failed
+        try:
+            seeds = [int(s) for s in _SEEDS.value] if _SWEEP_AFTER.value else []
+        except ValueError:
+            raise ConfigError([f"--seeds={','.join(_SEEDS.value)} must be integers, e.g. 0,1,2"]) from None
+        config = _CONFIG.value
+        ranking = select_bodies(config, _BODIES.value, _WORKDIR.value, align_epochs=_ALIGN_EPOCHS.value,
+                                sweep_seeds=seeds, top_k=_TOP_K.value)
+        if is_main_process():
+            print(ranking_markdown(ranking, config.align.objective, _ALIGN_EPOCHS.value))
+            print(f"ranking: {_WORKDIR.value}/ranking.md")
+        failed = any(e["error"] for e in ranking) or any(e.get("sweep", {}).get("failed") for e in ranking)
+
+    status = run_command(body)
+    sys.exit(1 if status == 0 and failed else status)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

@@ -10,15 +10,16 @@ answer is `DIR/results.md` (with `results.csv`, `runs.csv`, `distance_vs_metric.
 and their variants: `orca_jax/sweep.py` (`SWEEPS`). Runs compile their programs anew; with JAX's persistent cache
 (`JAX_COMPILATION_CACHE_DIR=DIR/xla`) later runs of the same shapes load them instead. Exit status: 0 every run finished; 1 some failed (their errors
 are in the reports; the others ran); 2 the sweep cannot start (unknown sweep, variant or seeds); 75 stopped by
-SIGTERM after a checkpoint (rerun to resume).
+SIGTERM, 130 by Ctrl-C, after a checkpoint (rerun to resume).
 """
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from orca_jax.cli import start
+from orca_jax.cli import run_app, run_command
+from orca_jax.config_checks import ConfigError
 from orca_jax.parallel import is_main_process
 from orca_jax.sweep import SWEEPS, run_sweep, select_variants
 
@@ -32,18 +33,23 @@ flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 def main(argv):
     del argv
-    start()
-    try:
-        variants = select_variants(SWEEPS[_SWEEP.value], _VARIANTS.value)
-        seeds = [int(s) for s in _SEEDS.value]
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    records = run_sweep(_CONFIG.value, variants, seeds, _WORKDIR.value)
-    if is_main_process():
-        print(f"results: {_WORKDIR.value}/results.md")
-    sys.exit(1 if any(r.status == "failed" for r in records) else 0)
+    failed = False
+
+    def body():
+        nonlocal failed
+        try:
+            variants = select_variants(SWEEPS[_SWEEP.value], _VARIANTS.value)
+            seeds = [int(s) for s in _SEEDS.value]
+        except ValueError as error:
+            raise ConfigError([str(error)]) from None
+        records = run_sweep(_CONFIG.value, variants, seeds, _WORKDIR.value)
+        if is_main_process():
+            print(f"results: {_WORKDIR.value}/results.md")
+        failed = any(r.status == "failed" for r in records)
+
+    status = run_command(body)
+    sys.exit(1 if status == 0 and failed else status)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

@@ -3,22 +3,18 @@
 Override any field with `--config.<field>=<value>` (e.g. `--config.align.epochs=10`); a mistyped field is an
 error. Re-running with the same workdir resumes what a previous, interrupted run left there; `--restart` starts it
 over. Exit status: 0 done; 1 the run failed (the message says why and what to do); 2 the config, the data, the
-weight files or the workdir cannot be used (nothing was trained); 75 stopped by SIGTERM after saving a checkpoint
-(rerun the same command to resume).
+weight files or the workdir cannot be used (nothing was trained); 75 stopped by SIGTERM, 130 by Ctrl-C, after saving
+a checkpoint (rerun the same command to resume; a second Ctrl-C stops at once, without saving).
 """
 
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from orca_jax.cli import start
-from orca_jax.config_checks import ConfigError
-from orca_jax.data import DataError
-from orca_jax.pipeline import DiskFullError, run
-from orca_jax.weights import CheckpointFormatError
-from orca_jax.workdir import WorkdirError
+from orca_jax.cli import run_app, run_command
+from orca_jax.pipeline import run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the summary.")
@@ -28,17 +24,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    start()
-    try:
+
+    def body():
         summary = run(_CONFIG.value, _WORKDIR.value, restart=_RESTART.value)
-    except (ConfigError, DataError, CheckpointFormatError, WorkdirError) as error:
-        print(error, file=sys.stderr)  # the message names the fields and the fix; a traceback would only bury it
-        sys.exit(2)
-    except (DiskFullError, FloatingPointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2))
+
+    sys.exit(run_command(body))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

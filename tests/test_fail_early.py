@@ -1,20 +1,22 @@
-"""Runs that break or lie become clear stops with nothing lost: SIGTERM on an epoch's last step, non-finite losses,
-a workdir reused by another experiment or by two runs at once, damaged checkpoints, a missing best checkpoint, a
-full disk."""
+"""Runs that break or lie become clear stops with nothing lost: SIGTERM on an epoch's last step, Ctrl-C, non-finite
+losses, a workdir reused by another experiment, on other data or by two runs at once, damaged checkpoints, a missing
+best checkpoint, a full disk."""
 
 import errno
 import json
 import logging
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
 
 from orca_jax.config import load_config_file
-from orca_jax.data import task_from_arrays
-from orca_jax.parallel import PREEMPTED_EXIT_CODE, PreemptionGuard
+from orca_jax.data import load_task, task_from_arrays
+from orca_jax.parallel import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, PreemptionGuard
 from orca_jax.pipeline import DiskFullError, run
-from orca_jax.workdir import RunLock, WorkdirError
+from orca_jax.workdir import RunLock, WorkdirError, check_data, data_fingerprint
 from tests.test_task_kinds import ROOT
 from tests.text_checkpoints import save_tiny_text_model
 
@@ -71,6 +73,34 @@ def test_sigterm_on_the_last_step_of_an_epoch_finishes_the_epoch_and_resumes(bod
 
 
 @pytest.mark.slow
+def test_ctrl_c_stops_at_the_next_step_after_saving_and_a_second_stops_at_once(body, tmp_path, monkeypatch, caplog):
+    real_should_stop = PreemptionGuard.should_stop
+
+    def press_ctrl_c_at(step_wanted, times):
+        def should_stop(self, step):
+            if step == step_wanted:
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGINT)  # handled by the guard, as a terminal's Ctrl-C would be
+            return real_should_stop(self, step)
+        monkeypatch.setattr(PreemptionGuard, "should_stop", should_stop)
+
+    press_ctrl_c_at(2, times=1)
+    workdir = tmp_path / "w"
+    with caplog.at_level(logging.WARNING, logger="orca_jax"), pytest.raises(SystemExit) as stopped:
+        run(config(body, tmp_path, epochs=2), workdir, task=task())
+    assert stopped.value.code == INTERRUPTED_EXIT_CODE
+    assert "press Ctrl-C again to stop at once" in caplog.text
+    assert "refine stopped by Ctrl-C at epoch 1, step 3; rerun the same command to resume" in caplog.text
+    press_ctrl_c_at(STEPS + 1, times=2)
+    with pytest.raises(KeyboardInterrupt):
+        run(config(body, tmp_path, epochs=2), workdir, task=task())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the guard gave Ctrl-C back
+    monkeypatch.setattr(PreemptionGuard, "should_stop", real_should_stop)
+    summary = run(config(body, tmp_path, epochs=2), workdir, task=task())
+    assert [r["epoch"] for r in history(workdir)] == [1, 2] and summary["refine"]["best_epoch"] in (1, 2)
+
+
+@pytest.mark.slow
 def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_last_checkpoint(body, tmp_path):
     c = config(body, tmp_path, epochs=3, warmup_epochs=0, clip=-1.0)
     c.optimizer.update(dict(name="sgd", learning_rate=1e30, momentum=0.0, weight_decay=0.0))
@@ -100,12 +130,35 @@ def test_a_workdir_resumes_only_the_same_experiment(body, tmp_path, caplog):
     with pytest.raises(WorkdirError, match=r"another experiment: optimizer.learning_rate=0.0003 \(was 0.001\), "
                                            r"seed=1 \(was 0\).*--restart"):
         run(other, workdir, task=task())
+    other_data = task_from_arrays(X[::-1].copy(), Y[::-1].copy(), val_fraction=0.2, test_fraction=0.375)
+    with pytest.raises(WorkdirError, match=r"trained on other data than task 'arrays' gives now: train.x has other "
+                                           r"values.*--restart"):
+        run(config(body, tmp_path, epochs=1), workdir, task=other_data)
     more = run(config(body, tmp_path, epochs=2), workdir, task=task())  # more epochs: safe, resumes
     assert [r["epoch"] for r in history(workdir)] == [1, 2] and more["refine"]["best_epoch"] in (1, 2)
     with caplog.at_level(logging.WARNING, logger="orca_jax"):
         run(other, workdir, task=task(), restart=True)
     assert "--restart: deleted" in caplog.text and [r["epoch"] for r in history(workdir)] == [1]
     assert json.loads((workdir / "config.json").read_text())["seed"] == 1
+
+
+def test_the_data_fingerprint_sees_arrays_changed_in_place_and_samples_large_memory_maps(tmp_path, monkeypatch):
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "y.npy", Y)
+    (tmp_path / "w").mkdir()
+    check_data(tmp_path / "w", load_task(f"npz:{tmp_path}", val_fraction=0.2, num_classes=2))
+    y = np.load(tmp_path / "y.npy", mmap_mode="r+")
+    y[7] = 1 - y[7]  # one label rewritten in place: same file size, shapes and dtypes
+    y.flush()
+    with pytest.raises(WorkdirError, match=rf"task 'npz:{tmp_path}' gives now: \w+.y has other values"):
+        check_data(tmp_path / "w", load_task(f"npz:{tmp_path}", val_fraction=0.2, num_classes=2))
+    np.save(tmp_path / "x.npy", X[:, :6])
+    with pytest.raises(WorkdirError, match=r"train.x is <f4 \(\d+, 6, 2\) \(was <f4 \(\d+, 12, 2\)\)"):
+        check_data(tmp_path / "w", load_task(f"npz:{tmp_path}", val_fraction=0.2, num_classes=2))
+    monkeypatch.setattr("orca_jax.workdir._FINGERPRINT_WHOLE_BYTES", 0)  # every array "large": sampled rows
+    monkeypatch.setattr("orca_jax.workdir._FINGERPRINT_ROWS", 3)
+    fingerprint = data_fingerprint(task())
+    assert fingerprint["train.x"]["hashed"] == "3 rows" and fingerprint["train.x"]["shape"] == [40, 12, 2]
 
 
 def test_a_second_run_on_a_busy_workdir_is_refused_at_once(body, tmp_path):

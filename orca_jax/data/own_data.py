@@ -14,6 +14,7 @@ files) are memory-mapped, and batches read only their rows.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +35,10 @@ def load_npz(path: str, *, data_dir: str | None = None) -> TaskData:
         arrays = {n: np.load(file / f"{n}.npy", mmap_mode="r") for n in _NAMES if (file / f"{n}.npy").is_file()}
         missing = [f"{n}.npy" for n in ("x", "y") if n not in arrays]
         if missing:
-            raise FileNotFoundError(f"npz:{path}: the directory {file} lacks {', '.join(missing)}; it needs x.npy and "
-                                    "y.npy (and optionally x_test.npy, y_test.npy).")
+            raise DataError(f"npz:{path}: the directory {file} lacks {', '.join(missing)}; it needs x.npy and y.npy "
+                            "(and optionally x_test.npy, y_test.npy).")
     elif file.is_file():
-        try:
-            with np.load(file, allow_pickle=False) as archive:
-                arrays = {n: archive[n] for n in archive.files}
-        except (ValueError, OSError) as error:
-            raise DataError(f"npz:{path}: {file} is not a readable .npz archive of arrays ({error}); write it with "
-                             "np.savez(path, x=..., y=...).") from error
+        arrays = read_archive(file, f"npz:{path}")
         missing = [n for n in ("x", "y") if n not in arrays]
         unknown = sorted(set(arrays) - set(_NAMES))
         if missing or unknown:
@@ -51,9 +47,25 @@ def load_npz(path: str, *, data_dir: str | None = None) -> TaskData:
                 + (f", and {unknown} are not read: rename them" if unknown else "") + "."
             )
     else:
-        raise FileNotFoundError(f"npz:{path}: no file or directory {file}; write one with np.savez(path, x=..., y=...).")
+        raise DataError(f"npz:{path}: no file or directory {file}; write one with np.savez(path, x=..., y=...).")
     return task_data_from_arrays(arrays["x"], arrays["y"], arrays.get("x_test"), arrays.get("y_test"),
                                  source=f"npz:{path}")
+
+
+def read_archive(file: Path, where: str, names=None) -> dict[str, np.ndarray]:
+    """The arrays of an `.npz` file (those in `names`, or all), read into memory; a file that is not one, or is
+    damaged, is a `DataError` naming it."""
+    with open(file, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    if not is_zip:  # NumPy's own error would be about allow_pickle, which reads as advice to load unsafely
+        raise DataError(f"{where}: {file} is not an .npz archive (a zip file of arrays); write it with "
+                        "np.savez(path, x=..., y=...).")
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            return {n: archive[n] for n in archive.files if names is None or names(n)}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise DataError(f"{where}: {file} is damaged or truncated ({type(error).__name__}: {error}); write it again "
+                        "with np.savez(path, x=..., y=...).") from error
 
 
 def task_data_from_arrays(x: Any, y: Any, x_test: Any = None, y_test: Any = None, *, source: str) -> TaskData:

@@ -16,7 +16,9 @@ per example.
 metadata under `~/.cache/orca_jax/source_features` (or `cache_dir`). The body enters the key as its hub id or
 absolute directory plus a hash of its config.json; rewriting a checkpoint's weights in place without touching
 config.json is not detected (use another cache_dir). Files are written to a temporary name and renamed, the
-`.json` last, so an interrupted run never leaves a file that looks complete.
+`.json` last, so an interrupted run never leaves a file that looks complete. What is read is verified (both files
+parse, the shapes are those the `.json` records, the features are finite); a damaged entry is recomputed and
+replaced with a warning naming it. A cache directory that cannot be written is warned about, and the run goes on.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import logging
 import os
 import re
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,6 +46,8 @@ from orca_jax.models.pretrained import load_checkpoint
 from orca_jax.models.swin import Swin
 from orca_jax.models.text_encoder import TextEncoder
 from orca_jax.weights import read_config, resolve_checkpoint
+
+log = logging.getLogger(__name__)
 
 TEXT_MAX_LENGTH = 32  # tokens per sentence, as the official text_xs_32.npy
 _CACHE_FORMAT = 1
@@ -210,14 +216,42 @@ def _atomic_write(path: Path, write: Callable) -> None:
 
 
 def _read_cache(key: dict, npz_path: Path, json_path: Path) -> SourceFeatures | None:
+    """The cached entry, or None when there is none or it is damaged (then said, naming the file, and recomputed:
+    a truncated or corrupt file must not fail every later run with this body and source)."""
     if not (npz_path.is_file() and json_path.is_file()):
         return None
-    metadata = json.loads(json_path.read_text())
-    if metadata.get("key") != key:
+    try:
+        metadata = json.loads(json_path.read_text())
+        if metadata.get("key") != key:
+            return None
+        with np.load(npz_path, allow_pickle=False) as data:
+            features, labels = data["features"], data["labels"]
+        class_names = tuple(metadata["class_names"])
+        expected = (metadata["num_examples"], metadata["dim"])
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+        log.warning("source-feature cache %s (or its %s) is damaged (%s: %s); recomputing and replacing it",
+                    npz_path, json_path.name, type(error).__name__, error)
         return None
-    with np.load(npz_path) as data:
-        features, labels = data["features"], data["labels"]
-    return SourceFeatures(features, labels, tuple(metadata["class_names"]), metadata, npz_path, from_cache=True)
+    if features.shape != expected or labels.shape != expected[:1]:
+        log.warning("source-feature cache %s holds features %s and labels %s, not the %s its %s records; recomputing "
+                    "and replacing it", npz_path, features.shape, labels.shape, expected, json_path.name)
+        return None
+    if not np.isfinite(features).all():
+        log.warning("source-feature cache %s holds %d NaN or infinite values: the cached file is damaged (the body "
+                    "is not to blame); recomputing and replacing it", npz_path, int((~np.isfinite(features)).sum()))
+        return None
+    return SourceFeatures(features, labels, class_names, metadata, npz_path, from_cache=True)
+
+
+def _write_cache(npz_path: Path, json_path: Path, features: np.ndarray, labels: np.ndarray, metadata: dict) -> None:
+    """Caches the entry; a cache directory that cannot be written (read-only, full) costs only the recomputation
+    next time, so it is said and the run goes on."""
+    try:
+        _atomic_write(npz_path, lambda f: np.savez(f, features=features, labels=labels))
+        _atomic_write(json_path, lambda f: f.write(json.dumps(metadata, indent=1).encode()))
+    except OSError as error:
+        log.warning("cannot write the source-feature cache in %s (%s); going on without caching (set "
+                    "source.cache_dir to a writable directory to keep them)", npz_path.parent, error)
 
 
 def load_or_compute(
@@ -267,6 +301,5 @@ def load_or_compute(
         "body_type": type(body).__name__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    _atomic_write(npz_path, lambda f: np.savez(f, features=features, labels=labels))
-    _atomic_write(json_path, lambda f: f.write(json.dumps(metadata, indent=1).encode()))
+    _write_cache(npz_path, json_path, features, labels, metadata)
     return SourceFeatures(features, labels, source_set.class_names, metadata, npz_path, from_cache=False)

@@ -257,11 +257,20 @@ def task_from_arrays(
 
 
 def _assemble(name, data: TaskData, *, kind, val_fraction, test_fraction, seed, train_size, num_classes) -> Task:
+    if len(data.train) == 0:
+        raise DataError(f"Task {name!r}: x holds no examples (shape {tuple(data.train.x.shape)}); give at least a few "
+                        "examples per class.")
     kind = kind or data.kind
     if kind is None:
+        shape, dtype = tuple(data.train.y.shape), np.dtype(data.train.y.dtype)
+        if len(shape) == 1 or shape[1:] == (1,):  # one label or value per example
+            hint = (f"class labels need integer ids ({_class_id_fix(shape, dtype)}); for real values set "
+                    "--config.task.kind=regression")
+        else:
+            hint = "set it, e.g. --config.task.kind=dense_1d for a value per sequence position"
         raise DataError(
-            f"Task {name!r}: cannot tell the kind of task from targets of shape {tuple(data.train.y.shape)} and dtype "
-            f"{data.train.y.dtype}; set it, e.g. --config.task.kind=dense_1d (known: {sorted(TASK_KINDS)})."
+            f"Task {name!r}: cannot tell the kind of task from targets of shape {shape} and dtype {dtype}; {hint} "
+            f"(known kinds: {sorted(TASK_KINDS)})."
         )
     get_task_kind(kind)
     test = data.test
@@ -285,7 +294,9 @@ def _assemble(name, data: TaskData, *, kind, val_fraction, test_fraction, seed, 
 def _count_classes(targets: str, splits) -> int | None:
     if targets == "multilabel":
         return int(splits[0].y.shape[1]) if splits[0].y.ndim == 2 else None
-    if targets == "classes" and all(isinstance(s.y, np.ndarray) for s in splits):
+    # Only integer ids are counted: other labels are refused by check_task with a hint that fits them.
+    if targets == "classes" and all(isinstance(s.y, np.ndarray) and np.issubdtype(s.y.dtype, np.integer)
+                                    for s in splits):
         return int(max(int(np.max(s.y)) for s in splits if len(s)) + 1)
     return None
 
@@ -353,14 +364,26 @@ def check_task(task: Task) -> None:
         _check_targets(where, task, kind, split.y)
 
 
+def _class_id_fix(shape: tuple, dtype: np.dtype) -> str:
+    """What turns such labels into class ids."""
+    fixes = []
+    if len(shape) == 2 and shape[1] == 1:
+        fixes.append("y.reshape(-1)")
+    if dtype.kind in "USO":
+        fixes.append("map the labels to ids, e.g. names, y = np.unique(y, return_inverse=True)")
+    elif not np.issubdtype(dtype, np.integer):
+        fixes.append("y.astype(np.int64) if the values are whole numbers")
+    return "; ".join(fixes) or "one label per example"
+
+
 def _check_targets(where: str, task: Task, kind, y: Any) -> None:
     shape, dtype = tuple(y.shape), np.dtype(y.dtype)
     if kind.targets == "classes":
         if len(shape) != 1 or not np.issubdtype(dtype, np.integer):
             raise DataError(
                 f"{where} targets have shape {shape} and dtype {dtype}, but kind {task.kind!r} takes one integer "
-                "class id per example ([N], e.g. y.astype(np.int64)); for other targets set task.kind (one of "
-                f"{sorted(TASK_KINDS)})."
+                f"class id per example, shape [N]: {_class_id_fix(shape, dtype)}; for other targets set task.kind "
+                f"(one of {sorted(TASK_KINDS)})."
             )
         if task.num_classes is None or task.num_classes < 2:
             raise DataError(f"Task {task.name!r} has num_classes={task.num_classes}; classification needs at least 2 "

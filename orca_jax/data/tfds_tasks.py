@@ -56,7 +56,7 @@ def load_tfds_task(name: str, *, data_dir: str | None = None) -> TaskData:
         sources = {split: tfds.data_source(name, split=split, data_dir=data_dir) for split in builder.info.splits
                    if split in ("train", "test")}
     except Exception as error:  # tfds raises several types (not found, wrong format, not prepared)
-        raise FileNotFoundError(
+        raise DataError(
             f"tfds:{name}: cannot open the dataset as an ArrayRecord data source in "
             f"{data_dir or 'the default tfds data_dir'} ({type(error).__name__}: {error}). Prepare it once with "
             f"TensorFlow installed (pip install -e '.[data]'): `tfds build {name} --file_format=array_record "

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from orca_jax.data.kinds import get_task_kind
+from orca_jax.data.own_data import read_archive
 from orca_jax.data.tasks import DataError
 from orca_jax.inference.record import TaskInfo
 
@@ -36,13 +37,7 @@ def read_arrays(spec: str, *, targets: bool) -> dict[str, Any]:
                   if f.stem in wanted or (targets and f.stem.startswith(META_PREFIX))}
         where = f"the directory {path}"
     elif path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {n: archive[n] for n in archive.files
-                          if n in wanted or (targets and n.startswith(META_PREFIX))}
-        except (ValueError, OSError) as error:
-            raise DataError(f"{spec}: {path} is not a readable .npz archive of arrays ({error}); write it with "
-                            "np.savez(path, x=...).") from error
+        arrays = read_archive(path, spec, lambda n: n in wanted or (targets and n.startswith(META_PREFIX)))
         where = f"{path}"
     else:
         raise DataError(f"{spec}: there is no file or directory {path}.")

@@ -2,6 +2,7 @@
 
 from orca_jax.parallel.mesh import batch_from_process_rows, global_batch, make_mesh, process_rows, replicated
 from orca_jax.parallel.multihost import (
+    INTERRUPTED_EXIT_CODE,
     PREEMPTED_EXIT_CODE,
     Preempted,
     PreemptionGuard,
@@ -22,6 +23,7 @@ from orca_jax.parallel.sharding import (
 __all__ = [
     "DEFAULT_RULES",
     "MIN_SHARD_BYTES",
+    "INTERRUPTED_EXIT_CODE",
     "PREEMPTED_EXIT_CODE",
     "Preempted",
     "PreemptionGuard",

@@ -16,7 +16,8 @@ SIGTERM (it installs its own handler at start-up), tells the coordinator, and ev
 `reached_preemption_sync_point(step)` becomes true at one agreed step (the largest step any process had reported,
 plus one). Checking involves no collective: measured on 2 CPU processes, 0.3 µs per check in a tight loop and
 13-17 µs inside a training-like loop, against 4-6 ms for a `process_allgather` of one flag, which every process
-would otherwise have to run (and wait for) at every step. With one process the guard is a plain SIGTERM flag.
+would otherwise have to run (and wait for) at every step. With one process the guard is a plain flag, set by SIGTERM
+or by the first Ctrl-C.
 
 A non-finite loss needs no agreement: the loss a jitted step returns is one global value that every process reads
 identically, so every process takes the same decision from it.
@@ -86,27 +87,31 @@ def is_main_process() -> bool:
 
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving a checkpoint; rerun the same command
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for Ctrl-C: stopped after saving a checkpoint
 
 
 class Preempted(SystemExit):
-    """A stage saved a checkpoint after a preemption notice and stopped: the process exits with
-    `PREEMPTED_EXIT_CODE`, which schedulers can treat as "requeue"."""
+    """A stage saved a checkpoint after a preemption notice (SIGTERM) or a Ctrl-C and stopped: the process exits
+    with `PREEMPTED_EXIT_CODE`, which schedulers can treat as "requeue", or `INTERRUPTED_EXIT_CODE`."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, code: int = PREEMPTED_EXIT_CODE):
         log.warning("%s", message)
-        super().__init__(PREEMPTED_EXIT_CODE)
+        super().__init__(code)
         self.message = message
 
 
 class PreemptionGuard:
-    """Turns SIGTERM, delivered to any process, into a stop at one step boundary that every process agrees on.
+    """Turns SIGTERM, delivered to any process, into a stop at one step boundary that every process agrees on; and,
+    in a single-process run, the first Ctrl-C (SIGINT) too: a person stopping a run expects what a scheduler gets, a
+    checkpoint and a resume. A second Ctrl-C stops at once (`KeyboardInterrupt`, nothing saved since the last
+    checkpoint). A multi-process run keeps Python's Ctrl-C: one process's interrupt has no agreed stop step.
 
         with PreemptionGuard() as preemption:
             for step in range(first, last):
                 state = train_step(state, batch(step))
                 if preemption.should_stop(step):   # every process, every step, the same step numbers
                     save(state, step + 1)
-                    raise SystemExit(...)
+                    raise preemption.stopped("train", f"at step {step + 1}")
 
     `step` must increase by one from call to call and be the same on every process (the global step of the run, so
     a resumed run continues the count): with several processes the agreed stop is a step number, and a process
@@ -119,24 +124,45 @@ class PreemptionGuard:
     """
 
     def __init__(self):
-        self._requested = False
-        self._previous = None
+        self._requested = None  # the signal's name once one arrived
+        self._previous = {}
+        self._depth = 0  # a stage enters the run's guard again: the handlers are installed and restored once
 
     def __enter__(self) -> PreemptionGuard:
         self._shared = jax.distributed.is_initialized()
-        if not self._shared:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._depth += 1
+        if not self._shared and self._depth == 1:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        self._requested = True
+        if signum == signal.SIGINT:
+            if self._requested == "Ctrl-C":
+                raise KeyboardInterrupt  # the second one: at once
+            log.warning("Ctrl-C: stopping at the next step boundary after saving a checkpoint (press Ctrl-C again "
+                        "to stop at once, without saving)")
+        self._requested = self._requested or ("Ctrl-C" if signum == signal.SIGINT else "SIGTERM")
 
     def should_stop(self, step: int) -> bool:
-        stop = multihost_utils.reached_preemption_sync_point(step) if self._shared else self._requested
+        if self._shared:
+            stop = multihost_utils.reached_preemption_sync_point(step)
+            self._requested = "SIGTERM" if stop else None
+        stop = self._requested is not None
         if stop:
-            log.warning("preemption notice (SIGTERM): stopping at step %d", step)
+            log.warning("%s: stopping at step %d", "preemption notice (SIGTERM)" if self._requested == "SIGTERM"
+                        else "Ctrl-C", step)
         return stop
 
+    def stopped(self, stage: str, where: str) -> Preempted:
+        """What a stage raises after saving, once `should_stop` said so: its exit status tells what stopped it."""
+        code = INTERRUPTED_EXIT_CODE if self._requested == "Ctrl-C" else PREEMPTED_EXIT_CODE
+        return Preempted(f"{stage} stopped by {self._requested or 'SIGTERM'} {where}; rerun the same command to "
+                         "resume", code)
+
     def __exit__(self, *exc):
-        if not self._shared:
-            signal.signal(signal.SIGTERM, self._previous)
+        self._depth -= 1
+        if self._depth == 0:
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous)
+            self._previous = {}

@@ -38,7 +38,6 @@ from orca_jax.ot import MMDLoss, OTDDLoss
 from orca_jax.ot.l2 import L2Loss
 from orca_jax.plotting import figure_png
 from orca_jax.parallel import (
-    Preempted,
     PreemptionGuard,
     global_batch,
     init_optimizer,
@@ -315,7 +314,7 @@ def run_align(
     `config` is the config's `align` section, `optimizer_config` the fine-tuning optimizer (its family, and 10x its
     learning rate, are the embedder's) and `batch_size` the task's (it sets how many examples a class draws); `data`
     the config's input-pipeline section and `mesh_config` its mesh section (sharding rules; None: defaults).
-    `preemption` (default: a guard of its own) stops the stage at an epoch boundary after SIGTERM, with a
+    `preemption` (default: a guard of its own) stops the stage at an epoch boundary after SIGTERM or Ctrl-C, with a
     checkpoint; its step numbers are the epochs. Writes `align_metrics.jsonl` and TensorBoard scalars as it goes, then
     `align_distance.png`, `align_summary.json` and the aligned embedder (`aligned_embedder/`) into `workdir`.
     """
@@ -367,7 +366,7 @@ def run_align(
                 checkpoints.save(epoch + 1, {"embedder": embedder, "opt_state": opt_state}, position)
             if stop and epoch + 1 < config.epochs:
                 checkpoints.wait()
-                raise Preempted(f"align stopped by SIGTERM after epoch {epoch + 1}; rerun the same command to resume")
+                raise guard.stopped("align", f"after epoch {epoch + 1}")
     checkpoints.wait()
     run_log.close()
     seconds = time.perf_counter() - t0

@@ -14,10 +14,10 @@
   the log and the summary); the test split is evaluated once. Metrics are computed over whole splits.
 - Nothing is lost on a crash: Orbax checkpoints (trainable parameters, optimizer state, the position in the run and
   the input iterator's state) every `checkpoint_every` epochs and on SIGTERM to any process (every process stops at
-  the same step, then exits with status `PREEMPTED_EXIT_CODE`); a restarted run resumes from the newest checkpoint
-  that restores and ends where an uninterrupted run ends,
-  because shuffling, augmentation and dropout depend only on (seed, epoch, step). A non-finite training loss stops
-  the run at once, naming the epoch and step, with the last good checkpoint kept.
+  the same step, then exits with status `PREEMPTED_EXIT_CODE`) or a Ctrl-C (`INTERRUPTED_EXIT_CODE`); a
+  restarted run resumes from the newest checkpoint that restores and ends where an uninterrupted run ends, because
+  shuffling, augmentation and dropout depend only on (seed, epoch, step). A non-finite training loss stops the run at
+  once, naming the epoch and step, with the last good checkpoint kept.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from tqdm.auto import tqdm
 from orca_jax.data.loader import Batches, iterate
 from orca_jax.data.tasks import Split, Task
 from orca_jax.parallel import (
-    Preempted,
     PreemptionGuard,
     batch_from_process_rows,
     init_optimizer,
@@ -144,10 +143,10 @@ def run_refine(
 
     Only the parameters the fine-tune mode trains are differentiated, updated and checkpointed; they and their
     optimizer state are laid out on the mesh by `config.mesh.rules` (`orca_jax.parallel.sharding`). `preemption`
-    (default: a guard of its own) stops every process at one step after SIGTERM; `step_offset` continues the step
-    count of a stage that polled the same guard before (see `PreemptionGuard`). Writes `refine_metrics.jsonl` and
-    TensorBoard scalars (one record per epoch), `refine/` (resumable checkpoints), `test_outputs.npz` (the test
-    split's outputs and targets) and, when selecting the best epoch, `refine_best/`.
+    (default: a guard of its own) stops every process at one step after SIGTERM (or Ctrl-C); `step_offset` continues
+    the step count of a stage that polled the same guard before (see `PreemptionGuard`). Writes
+    `refine_metrics.jsonl` and TensorBoard scalars (one record per epoch), `refine/` (resumable checkpoints),
+    `test_outputs.npz` (the test split's outputs and targets) and, when selecting the best epoch, `refine_best/`.
     """
     workdir = epath.Path(workdir)
     batch_size, seed, refine = config.batch_size, config.seed, config.refine
@@ -228,8 +227,7 @@ def run_refine(
                     if step + 1 < steps_per_epoch:
                         save(epoch, step + 1, losses, inputs.get_state())
                         checkpoints.wait(), best_writer.wait()
-                        raise Preempted(f"refine stopped by SIGTERM at epoch {epoch + 1}, step {step + 1}; rerun "
-                                        "the same command to resume")
+                        raise guard.stopped("refine", f"at epoch {epoch + 1}, step {step + 1}")
                     stopping = True  # on an epoch's last step the epoch finishes: its checkpoint is the stop's
             steps_end = time.perf_counter()
             val = evaluate(eval_step, params, frozen, task.val, val_batch, objective.metric, mesh, data).result()
@@ -250,8 +248,7 @@ def run_refine(
                 save(epoch + 1, 0, [], inputs.get_state())
             if stopping and not last:
                 checkpoints.wait(), best_writer.wait()
-                raise Preempted(f"refine stopped by SIGTERM at the end of epoch {epoch + 1}; rerun the same command "
-                                "to resume")
+                raise guard.stopped("refine", f"at the end of epoch {epoch + 1}")
     checkpoints.wait()
     best_writer.wait()
     run_log.close()

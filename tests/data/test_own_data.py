@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from orca_jax.data import load_task, task_from_arrays
-from orca_jax.data.tasks import Rows
+from orca_jax.data.tasks import DataError, Rows
 
 RNG = np.random.default_rng(0)
 
@@ -47,6 +47,9 @@ def test_arrays_from_python_and_kind_required_for_non_class_targets():
     task = task_from_arrays(x, RNG.normal(size=(60, 12)).astype(np.float32), kind="dense_1d")
     assert task.kind == "dense_1d" and task.target_shape == (12,)
     with pytest.raises(ValueError, match=r"cannot tell the kind .* --config.task.kind=dense_1d"):
+        task_from_arrays(x, RNG.normal(size=(60, 12, 3)).astype(np.float32))
+    with pytest.raises(ValueError, match=r"cannot tell the kind .*y.astype\(np.int64\) if the values are whole .* "
+                                         r"--config.task.kind=regression"):
         task_from_arrays(x, RNG.normal(size=(60,)).astype(np.float32))
 
 
@@ -65,6 +68,11 @@ def test_arrays_from_python_and_kind_required_for_non_class_targets():
         (_seq(), np.where(np.arange(60) == 5, np.inf, 1.0), "regression", "targets holds 1 NaN or infinite"),
         (_seq(), RNG.integers(0, 3, 60), "segmentation", "Unknown task kind 'segmentation'"),
         (np.full((60, 12, 2), "a"), RNG.integers(0, 3, 60), None, "inputs have dtype <U1; inputs must be real"),
+        (_seq(), np.array(["cat", "dog"] * 30), "classification", r"dtype <U3.*np.unique\(y, return_inverse=True\)"),
+        (_seq(), np.array(["cat", "dog"] * 30), None, r"cannot tell the kind.*np.unique\(y, return_inverse=True\)"),
+        (_seq(), RNG.integers(0, 3, (60, 1)), None, r"cannot tell the kind .*\(60, 1\).*y.reshape\(-1\)"),
+        (_seq(), RNG.integers(0, 3, (60, 1)), "classification", r"y.reshape\(-1\)"),
+        (_seq()[:0], np.zeros(0, np.int64), None, r"x holds no examples \(shape \(0, 12, 2\)\)"),
     ],
 )
 def test_misfits_are_named_before_any_model_is_built(x, y, kind, match):
@@ -75,13 +83,13 @@ def test_misfits_are_named_before_any_model_is_built(x, y, kind, match):
 def test_empty_validation_split_and_bad_files(tmp_path):
     with pytest.raises(ValueError, match="val split is empty; lower task.val_fraction"):
         task_from_arrays(_seq(4), np.array([0, 1, 0, 1]), val_fraction=0.05)
-    with pytest.raises(FileNotFoundError, match="np.savez"):
+    with pytest.raises(DataError, match="no file or directory .*np.savez"):
         load_task(f"npz:{tmp_path / 'missing.npz'}")
     np.savez(tmp_path / "c.npz", inputs=_seq(), y=np.zeros(60, int))
     with pytest.raises(ValueError, match=r"needs x and y .*\['inputs'\] are not read"):
         load_task(f"npz:{tmp_path / 'c.npz'}")
     (tmp_path / "d.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="not a readable .npz"):
+    with pytest.raises(DataError, match=r"d.npz is not an .npz archive \(a zip file of arrays\)"):
         load_task(f"npz:{tmp_path / 'd.npz'}")
     with pytest.raises(ValueError, match="Unknown task scheme 'csv'"):
         load_task("csv:/tmp/a.csv")
@@ -123,5 +131,5 @@ def test_tfds_sequence_classification_through_the_array_record_source(tmp_path):
     labels = np.asarray(task.test.y)
     assert sorted(labels.tolist()) == sorted((np.arange(12) % 4).tolist())
     assert np.allclose(x.mean(axis=(1, 2)), labels, atol=1.0)  # each signal read with its own label
-    with pytest.raises(FileNotFoundError, match="tfds build no_such_set --file_format=array_record"):
+    with pytest.raises(DataError, match="tfds build no_such_set --file_format=array_record"):
         load_task("tfds:no_such_set", data_dir=str(tmp_path))

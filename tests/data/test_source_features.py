@@ -1,7 +1,9 @@
 """Source features equal an independent PyTorch computation (real MiniLM; tiny random Swin), and the cache is
-keyed, round-trips and is written atomically."""
+keyed, round-trips, is written atomically and recovers from damage."""
 
+import errno
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -108,6 +110,43 @@ def test_interrupted_write_leaves_nothing(swin, tmp_path, monkeypatch):
     assert list(cache.iterdir()) == []
     result = load_or_compute(path, "digits", size=10, seed=0, cache_dir=cache, progress=False)
     assert not result.from_cache and result.features.shape == (10, 16)
+
+
+DAMAGES = {  # damage -> what the warning says besides the file
+    "truncated npz": (lambda npz, meta: npz.write_bytes(npz.read_bytes()[:100]), "is damaged (BadZipFile"),
+    "corrupt json": (lambda npz, meta: meta.write_text('{"key": '), "is damaged (JSONDecodeError"),
+    "NaN in the features": (lambda npz, meta: np.savez(
+        npz, features=np.full((10, 16), np.nan, np.float32), labels=np.zeros(10, np.int32)), "the body is not to blame"),
+    "fewer rows than recorded": (lambda npz, meta: np.savez(
+        npz, features=np.zeros((3, 16), np.float32), labels=np.zeros(3, np.int32)), "not the (10, 16)"),
+}
+
+
+def test_a_damaged_cache_entry_is_recomputed_and_replaced_and_a_read_only_cache_is_skipped(swin, tmp_path, caplog,
+                                                                                            monkeypatch):
+    path, _ = swin
+    cache = tmp_path / "cache"
+    good = load_or_compute(path, "digits", size=10, seed=0, cache_dir=cache, progress=False)
+    for name, (damage, said) in DAMAGES.items():
+        damage(good.path, good.path.with_suffix(".json"))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="orca_jax"):
+            again = load_or_compute(path, "digits", size=10, seed=0, cache_dir=cache, progress=False)
+        assert not again.from_cache and np.array_equal(again.features, good.features), name
+        assert f"source-feature cache {good.path}" in caplog.text and "recomputing and replacing it" in caplog.text
+        assert said in caplog.text, (name, caplog.text)
+        assert load_or_compute(path, "digits", size=10, seed=0, cache_dir=cache, progress=False).from_cache, name
+    read_only = tmp_path / "read_only"
+
+    def refused(path, write):  # what a read-only directory does (chmod alone does not stop root, who runs CI)
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(source_features, "_atomic_write", refused)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="orca_jax"):
+        result = load_or_compute(path, "digits", size=10, seed=0, cache_dir=read_only, progress=False)
+    assert np.array_equal(result.features, good.features) and not read_only.exists()
+    assert f"cannot write the source-feature cache in {read_only}" in caplog.text
 
 
 def test_source_must_fit_the_body(swin, tmp_path):
