@@ -12,7 +12,9 @@ run per variant cannot separate them; an interval over seeds says when the seeds
 - `run_sweep`: variants x seeds one after another in this process, each in `DIR/<variant>/seed<k>` through
   `orca_jax.pipeline.run` (which resumes an interrupted workdir). A run whose workdir holds a summary of the same
   config is not run again; a failing run is recorded and the sweep goes on, except on a full disk or a preemption,
-  which stop it (every later run would fail, or should resume later). Then `write_reports`.
+  which stop it (every later run would fail, or should resume later). With `baselines`, the simple baselines of
+  `orca_jax.baselines` are then fitted per seed on the same split (`DIR/baselines/seed<k>`, reused when the task
+  and data are unchanged) and reported as rows `baseline: <name>` of the same table. Then `write_reports`.
 - `select_bodies`: the paper's body selection. A short alignment per candidate body ranks them by final distance to
   each body's own source features; optionally full runs of the top bodies x seeds check the ranking against the
   test metric in one table.
@@ -40,6 +42,7 @@ from etils import epath
 from ml_collections import ConfigDict
 from scipy import stats
 
+from orca_jax.baselines import run_baselines
 from orca_jax.data.source_features import load_or_compute
 from orca_jax.parallel import is_main_process
 from orca_jax.pipeline import DiskFullError, run, strict_json
@@ -144,18 +147,24 @@ class RunRecord:
     error: str | None = None
     wall_seconds: float | None = None
     distance: float | None = None  # align distance_after: this run's, or its align_from run's
+    baseline: bool = False  # a baseline of orca_jax.baselines on the seed's split, not a run
+
+    @property
+    def _scores(self) -> dict:
+        """A run's refine summary, or a baseline's scores under the same keys."""
+        return (self.summary or {}).get("baseline" if self.baseline else "refine") or {}
 
     @property
     def metric(self) -> str | None:
-        return ((self.summary or {}).get("refine") or {}).get("metric")
+        return self._scores.get("metric")
 
     @property
     def test(self) -> float | None:
-        return ((self.summary or {}).get("refine") or {}).get(f"test_{self.metric}")
+        return self._scores.get(f"test_{self.metric}")
 
     @property
     def best_val(self) -> float | None:
-        return ((self.summary or {}).get("refine") or {}).get(f"best_val_{self.metric}")
+        return self._scores.get(f"best_val_{self.metric}")
 
 
 def _finished_summary(directory: epath.Path, config: ConfigDict) -> dict | None:
@@ -232,9 +241,11 @@ def run_sweep(
     workdir: epath.PathLike,
     *,
     run_fn: Callable[[ConfigDict, epath.Path], dict] = run,
+    baselines: bool = False,
 ) -> list[RunRecord]:
     """Runs `variants` x `seeds` of `config` (see the module docstring), writes the reports into `workdir` and
-    returns one record per run. `run_fn(config, workdir) -> summary` is `pipeline.run`; tests pass a stub."""
+    returns one record per run (and per baseline and seed, with `baselines`). `run_fn(config, workdir) -> summary`
+    is `pipeline.run`; tests pass a stub."""
     check_variants(variants)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"Give distinct seeds, e.g. 0,1,2; got {list(seeds)}.")
@@ -247,8 +258,35 @@ def run_sweep(
             records[(variant.name, seed)] = record
             if is_main_process():
                 print(_progress(len(records), total, record), flush=True)
-    write_reports(list(records.values()), workdir)
-    return list(records.values())
+    records = list(records.values())
+    if baselines:
+        records += [r for seed in seeds for r in baseline_records(config, seed, workdir)]
+    write_reports(records, workdir)
+    return records
+
+
+BASELINES_DIR = "baselines"
+
+
+def baseline_records(config: ConfigDict, seed: int, workdir: epath.PathLike) -> list[RunRecord]:
+    """One record per baseline fitted on the split of `seed` (one failed record for all when fitting fails: the
+    sweep's runs are what it is for)."""
+    directory = epath.Path(workdir) / BASELINES_DIR / f"seed{seed}"
+    start = time.perf_counter()
+    try:
+        report, reused = run_baselines(apply_overrides(config, {"seed": seed}), directory, reuse=True)
+    except Exception as error:  # recorded like a failed run
+        record = RunRecord("baselines", seed, "failed", error=_error_text(error), baseline=True)
+        if is_main_process():
+            print(f"baselines seed {seed}: FAILED: {record.error}", flush=True)
+        return [record]
+    if is_main_process():
+        how = "fitted earlier, reused" if reused else f"fitted in {time.perf_counter() - start:.0f} s"
+        print(f"baselines seed {seed}: {how}", flush=True)
+    return [RunRecord(f"baseline: {r.name}", seed, "skipped" if reused else "ran", wall_seconds=r.seconds,
+                      summary={"baseline": {"name": r.name, "metric": r.metric, f"best_val_{r.metric}": r.val,
+                                            f"test_{r.metric}": r.test, "params": r.params}}, baseline=True)
+            for r in report.results]
 
 
 # ----------------------------------------------------------------------------------------------- aggregation
@@ -290,8 +328,8 @@ def aggregate(records: Sequence[RunRecord], confidence: float = CONFIDENCE) -> l
     for name in dict.fromkeys(r.variant for r in records):
         runs = [r for r in records if r.variant == name]
         ok = [r for r in runs if r.status != "failed"]
-        row = {"variant": name, "align_from": runs[0].align_from or "", "runs": len(ok), "failed": len(runs) - len(ok),
-               "metric": metric_name([r.metric for r in ok])}
+        row = {"variant": name, "baseline": runs[0].baseline, "align_from": runs[0].align_from or "",
+               "runs": len(ok), "failed": len(runs) - len(ok), "metric": metric_name([r.metric for r in ok])}
         for attribute in QUANTITIES:
             interval = t_interval([getattr(r, attribute) for r in ok], confidence)
             row |= {f"{attribute}_mean": interval.mean, f"{attribute}_ci_low": interval.low,
@@ -315,7 +353,7 @@ def run_rows(records: Sequence[RunRecord]) -> list[dict]:
     """One row per run: the harness's columns, then every number of its summary."""
     rows = []
     for r in records:
-        row = {"variant": r.variant, "seed": r.seed, "status": r.status, "error": r.error or "",
+        row = {"variant": r.variant, "baseline": r.baseline, "seed": r.seed, "status": r.status, "error": r.error or "",
                "align_from": r.align_from or "", "metric": r.metric or "", "test": r.test, "best_val": r.best_val,
                "distance": r.distance, "wall_seconds": r.wall_seconds}
         rows.append(row | {f"summary.{k}": v for k, v in _numbers(r.summary or {}).items()})
@@ -364,17 +402,23 @@ def results_markdown(records: Sequence[RunRecord], rows: Sequence[dict], confide
     seeds = sorted({r.seed for r in records})
     metrics = [row["metric"] for row in rows]
     metric = metric_name(metrics) or "metric"
+    runs, variants = [r for r in records if not r.baseline], [row for row in rows if not row["baseline"]]
+    baselines = ("" if len(variants) == len(rows) else
+                 " Rows `baseline: <name>` are simple models fitted on each seed's split (orca_jax.baselines, as "
+                 "scripts/baselines.py fits them), with no align or refine stage: best val is the validation metric "
+                 "of the hyperparameters chosen on it, wall time the seconds of fitting and scoring.")
     lines = [
         "# Sweep results",
         "",
-        (f"{len(records)} runs: {len(rows)} variants x seeds {', '.join(map(str, seeds))}. Each cell is the mean over "
+        (f"{len(runs)} runs: {len(variants)} variants x seeds {', '.join(map(str, seeds))}. Each cell is the mean over "
          f"the seeds whose run finished, then the {confidence:.0%} interval [low, high] from Student's t with n - 1 "
          "degrees of freedom (mean ± t·s/√n; none for a single run); (n=k) where fewer runs report the number. "
          f"Metric: {metric_phrase(metrics)}. Final distance: the align stage's distance_after in the variant's own "
          "objective (OTDD, MMD or l2 values share no scale: compare distances only between variants of one objective), "
          "or, without an align stage, the distance where the refine stage starts; variants refined from another's "
          "aligned embedder report that run's. Wall time: seconds in pipeline.run over all attempts, "
-         "loading and compiling included (a refine-only variant's excludes the alignment it starts from)."),
+         "loading and compiling included (a refine-only variant's excludes the alignment it starts from)."
+         + baselines),
         "",
     ]
     names = quantity_labels(metric)
@@ -407,8 +451,8 @@ def _objective(record: RunRecord) -> str:
 def plot_distance_vs_metric(records: Sequence[RunRecord], rows: Sequence[dict]) -> bytes:
     """The paper's Fig. 4 shape: one point per run, final distance against test metric, coloured by variant; one
     panel per alignment objective, since an MMD and an OTDD value share no scale."""
-    colours = _colours([row["variant"] for row in rows])
-    finished = [r for r in records if r.status != "failed"]
+    colours = _colours([row["variant"] for row in rows if not row["baseline"]])
+    finished = [r for r in records if r.status != "failed" and not r.baseline]
     objectives = sorted({_objective(r) for r in finished}) or ["unknown"]
 
     def draw(plt):

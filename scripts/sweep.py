@@ -6,7 +6,9 @@
 
 `--config.<field>=<value>` overrides apply to every run; the sweep's variants and `--seeds` are set on top. Each
 run lives in `DIR/<variant>/seed<k>`; rerunning the command skips finished runs and resumes interrupted ones. The
-answer is `DIR/results.md` (with `results.csv`, `runs.csv`, `distance_vs_metric.png`, `results_bars.png`). Sweeps
+answer is `DIR/results.md` (with `results.csv`, `runs.csv`, `distance_vs_metric.png`, `results_bars.png`).
+`--baselines` adds the simple baselines of scripts/baselines.py, fitted on each seed's split, as rows
+`baseline: <name>` of the same tables (in `DIR/baselines/seed<k>`, reused by a rerun on unchanged data). Sweeps
 and their variants: `orca_jax/sweep.py` (`SWEEPS`). Runs compile their programs anew; with JAX's persistent cache
 (`JAX_COMPILATION_CACHE_DIR=DIR/xla`) later runs of the same shapes load them instead. Exit status: 0 every run finished; 1 some failed (their errors
 are in the reports; the others ran); 2 the sweep cannot start (unknown sweep, variant or seeds); 75 stopped by
@@ -28,6 +30,8 @@ _SWEEP = flags.DEFINE_enum("sweep", None, sorted(SWEEPS), "A built-in sweep of o
 _VARIANTS = flags.DEFINE_list("variants", [], "A subset of the sweep's variants (those they align from are added).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds, comma-separated.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep: one sub-workdir per run, and the reports.")
+_BASELINES = flags.DEFINE_bool("baselines", False, "Also fit the simple baselines on each seed's split and report "
+                               "them beside the runs.")
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 
@@ -42,7 +46,7 @@ def main(argv):
             seeds = [int(s) for s in _SEEDS.value]
         except ValueError as error:
             raise ConfigError([str(error)]) from None
-        records = run_sweep(_CONFIG.value, variants, seeds, _WORKDIR.value)
+        records = run_sweep(_CONFIG.value, variants, seeds, _WORKDIR.value, baselines=_BASELINES.value)
         if is_main_process():
             print(f"results: {_WORKDIR.value}/results.md")
         failed = any(r.status == "failed" for r in records)
