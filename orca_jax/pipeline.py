@@ -19,7 +19,7 @@ from orca_jax.config import DTYPES
 from orca_jax.config_checks import ConfigError, check_config
 from orca_jax.data.source_features import load_or_compute
 from orca_jax.data.kinds import get_task_kind
-from orca_jax.data.tasks import DataError, Task, check_task, load_task
+from orca_jax.data.tasks import DataError, Task, check_task, class_notes, load_task
 from orca_jax.inference.record import write_task_record
 from orca_jax.models.pretrained import load_checkpoint
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
@@ -28,7 +28,7 @@ from orca_jax.models.orca import OrcaModel
 from orca_jax.models.swin import Swin
 from orca_jax.ot import pseudo_labels
 from orca_jax.parallel import PreemptionGuard, make_mesh
-from orca_jax.train.align import OBJECTIVES, load_aligned_embedder, measure_distance, run_align
+from orca_jax.train.align import OBJECTIVES, align_classes, load_aligned_embedder, measure_distance, run_align
 from orca_jax.train.objective import TaskObjective, make_objective
 from orca_jax.train.refine import run_refine
 from orca_jax.workdir import RunLock, WorkdirError, check_data, claim, disk_full, free_space, write_file
@@ -144,18 +144,32 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
     else:
         check_task(task)
     check_data(workdir, task)
+    notes = class_notes(task)
+    for note in notes:
+        log.warning("%s", note)
+    # Without an align stage, a distance is still measured where the embedder the refine stage starts from stands:
+    # the distance that places the no-alignment ablations on the distance-versus-accuracy plot.
+    align = config.align
+    distance_only = align.epochs == 0 and align.objective in OBJECTIVES and align.objective != "none"
+    labels = None  # what either groups target examples by
+    if config.align.epochs > 0 or distance_only:
+        labels = align_labels(task, config.seed)
+        align_classes(labels, f"task {task.name!r}'s training split (the validation and test splits hold "
+                              f"{len(task.val)} and {len(task.test)} more)")
     objective = make_objective(task, config.task)
     # What rebuilding the trained model needs and the config does not hold (orca_jax.inference.load_model).
     write_task_record(workdir, task, objective, config.task.normalize_targets)
     model = build_model(config, task, objective)
     summary: dict = {"task": task.name, "kind": task.kind, "body": str(config.body.checkpoint)}
+    if notes:
+        summary["notes"] = notes
     # One preemption guard for both stages, whose step numbers continue from one to the next (align epochs, then
     # refine steps), as a multi-process stop agreement needs.
     with PreemptionGuard() as preemption:
         if config.align.epochs > 0:
             source = load_source_features(config, model)
             result = run_align(
-                model, task.train.x, align_labels(task, config.seed), (source.features, source.labels), config.align,
+                model, task.train.x, labels, (source.features, source.labels), config.align,
                 config.optimizer, batch_size=config.batch_size, mesh=mesh, workdir=workdir, seed=config.seed,
                 data=config.data, mesh_config=config.mesh, preemption=preemption,
             )
@@ -172,12 +186,10 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
                     "fits this model; give the aligned_embedder/ of a workdir whose run used the same body and task."
                 ])
             summary["init_embedder"] = str(config.refine.init_embedder)
-        if config.align.epochs == 0 and config.align.objective in OBJECTIVES and config.align.objective != "none":
-            # Without an align stage, where the embedder the refine stage starts from stands: the distance that
-            # places the no-alignment ablations on the distance-versus-accuracy plot.
+        if distance_only:
             source = load_source_features(config, model)
             distance = measure_distance(
-                model, task.train.x, align_labels(task, config.seed), (source.features, source.labels), config.align,
+                model, task.train.x, labels, (source.features, source.labels), config.align,
                 config.optimizer, batch_size=config.batch_size, mesh=mesh, seed=config.seed, mesh_config=config.mesh,
             )
             summary["align"] = {"objective": config.align.objective, "epochs": 0, "distance_before": distance,

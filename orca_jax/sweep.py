@@ -12,7 +12,8 @@ run per variant cannot separate them; an interval over seeds says when the seeds
 - `run_sweep`: variants x seeds one after another in this process, each in `DIR/<variant>/seed<k>` through
   `orca_jax.pipeline.run` (which resumes an interrupted workdir). A run whose workdir holds a summary of the same
   config is not run again; a failing run is recorded and the sweep goes on, except on a full disk or a preemption,
-  which stop it (every later run would fail, or should resume later). Then `write_reports`.
+  which stop it (every later run would fail, or should resume later). Then `write_reports`. One sweep at a time
+  holds `DIR` (the lock of `orca_jax.workdir.RunLock`); a second is refused at once.
 - `select_bodies`: the paper's body selection. A short alignment per candidate body ranks them by final distance to
   each body's own source features; optionally full runs of the top bodies x seeds check the ranking against the
   test metric in one table.
@@ -45,7 +46,7 @@ from orca_jax.parallel import is_main_process
 from orca_jax.pipeline import DiskFullError, run, strict_json
 from orca_jax.plotting import figure_png
 from orca_jax.train.metrics import METRICS
-from orca_jax.workdir import CONFIG_FILE, write_file
+from orca_jax.workdir import CONFIG_FILE, RunLock, write_file
 
 CONFIDENCE = 0.95
 RUN_RECORD = "sweep_run.json"  # in each run's workdir: wall seconds summed over the attempts this harness made
@@ -239,15 +240,19 @@ def run_sweep(
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"Give distinct seeds, e.g. 0,1,2; got {list(seeds)}.")
     workdir = epath.Path(workdir).absolute()  # refine.init_embedder paths, and so the saved configs, are absolute
+    workdir.mkdir(parents=True, exist_ok=True)
     records: dict[tuple[str, int], RunRecord] = {}
     total = len(variants) * len(seeds)
-    for variant in variants:
-        for seed in seeds:
-            record = _one_run(config, variant, seed, workdir, records, run_fn)
-            records[(variant.name, seed)] = record
-            if is_main_process():
-                print(_progress(len(records), total, record), flush=True)
-    write_reports(list(records.values()), workdir)
+    # Locked as one run's workdir is: a second sweep on the directory would find each run busy, record it as
+    # failed and overwrite the first sweep's reports.
+    with RunLock(workdir):
+        for variant in variants:
+            for seed in seeds:
+                record = _one_run(config, variant, seed, workdir, records, run_fn)
+                records[(variant.name, seed)] = record
+                if is_main_process():
+                    print(_progress(len(records), total, record), flush=True)
+        write_reports(list(records.values()), workdir)
     return list(records.values())
 
 

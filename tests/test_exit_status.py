@@ -51,6 +51,8 @@ def files(tmp_path_factory):
     (d / "text.npz").write_text("x,y\n1,2\n")
     np.savez(d / "strings.npz", x=x, y=np.array(["a", "b"] * 10))
     np.savez(d / "empty.npz", x=x[:0], y=y[:0])
+    np.savez(d / "three.npz", x=x[:3], y=y[:3])
+    np.savez(d / "floats.npz", x=x, y=y.astype(np.float64))
     (d / "no_y").mkdir()
     np.save(d / "no_y" / "x.npy", x)
     (d / "a_file").write_text("")
@@ -77,6 +79,12 @@ def absl_cases(d):
             ([*own, f"--config.task.name=npz:{d}/strings.npz", "--config.task.kind=classification"],
              "np.unique(y, return_inverse=True)"),
             ([*own, f"--config.task.name=npz:{d}/empty.npz"], "x holds no examples"),
+            ([*own, f"--config.task.name=npz:{d}/floats.npz", "--config.task.kind=classification"],
+             "y has shape (20,) and dtype float64"),  # the file's count, not the training split's
+            ([*own, f"--config.task.name=npz:{d}/three.npz"], "leaves 0 validation and 2 training examples; raise "
+                                                               "task.val_fraction to at least 0.5"),
+            ([*own, f"--config.task.name=npz:{d}/three.npz", "--config.task.val_fraction=0.5"],
+             "The align stage needs a class with at least two examples"),  # before the (missing) body is loaded
             ([*own[:-1], f"--config.task.name=npz:{d}/good.npz", f"--workdir={d}/a_file"], "is a file"),
             ([*own, f"--config.task.name=npz:{d}/good.npz"], "no-such-org/no-such-model"),
             ([own[0], f"--config.body.checkpoint={d}/no_weights", f"--config.task.name=npz:{d}/good.npz", w],

@@ -3,11 +3,13 @@ losses, a workdir reused by another experiment, on other data or by two runs at 
 best checkpoint, a full disk."""
 
 import errno
+import itertools
 import json
 import logging
 import os
 import shutil
 import signal
+import types
 
 import numpy as np
 import pytest
@@ -202,3 +204,29 @@ def test_a_full_disk_is_said_once_plainly(body, tmp_path, monkeypatch):
     with pytest.raises(DiskFullError, match=r"The disk holding .* is full \(.* GiB free\)\. Free some space and "
                                             "rerun the same command"):
         run(config(body, tmp_path), tmp_path / "w", task=task())
+
+
+@pytest.mark.slow
+def test_a_resumed_run_sums_its_stages_seconds_over_attempts_and_notes_classes_left_untrained(body, tmp_path,
+                                                                                                monkeypatch):
+    # Labels 1 and 2 (class 0 empty), and a class 3 that only the test split has.
+    y_test = np.where(np.arange(20) == 0, 3, Y[60:] + 1)
+    data = task_from_arrays(X[:60], Y[:60] + 1, x_test=X[60:], y_test=y_test, val_fraction=0.2)
+    c = config(body, tmp_path, epochs=2)
+    c.align.update(dict(epochs=2, objective="otdd-exact", checkpoint_every=1))
+    slow_clock = lambda: types.SimpleNamespace(perf_counter=itertools.count(0.0, 1000.0).__next__)  # noqa: E731
+    # Attempt 1 stops after align epoch 1 (guard step 0) on a clock that runs 1000 s a reading; attempt 2 in
+    # refine epoch 1 (guard step 2 + 2) on such a clock; attempt 3 finishes on real time. Without the seconds of
+    # the earlier attempts, both stages would report a few seconds.
+    for stage, stop_at in (("align", 0), ("refine", 4)):
+        monkeypatch.setattr(PreemptionGuard, "should_stop", lambda self, step, s=stop_at: step == s)
+        monkeypatch.setattr(f"orca_jax.train.{stage}.time", slow_clock())
+        with pytest.raises(SystemExit):
+            run(c, tmp_path / "w", task=data)
+        monkeypatch.undo()
+    summary = run(c, tmp_path / "w", task=data)
+    assert summary["align"]["seconds"] >= 1000 and summary["refine"]["seconds"] >= 1000, summary
+    assert [note.split(",")[0] for note in summary["notes"]] == [
+        "task 'arrays': classes [0] of the 4-class head have no example in any split (the labels hold 1..3)",
+        "task 'arrays': classes [3] have no training example (class 3: 1 in test)",
+    ]

@@ -178,7 +178,9 @@ def run_refine(
     best_writer = TreeWriter(best_dir)
     # Where the run is, and what a restart needs to continue it exactly (a part-done epoch's losses, the input
     # iterator's state).
-    position = {"epoch": 0, "step": 0, "losses": [], "history": [], "best_epoch": 0, "best_val": None, "data": None}
+    # `seconds`: the stage's time in earlier attempts, up to the checkpoint this one resumed from.
+    position = {"epoch": 0, "step": 0, "losses": [], "history": [], "best_epoch": 0, "best_val": None, "data": None,
+                "seconds": 0.0}
     restored = checkpoints.restore({"params": params, "opt_state": opt_state})
     if restored is not None:
         _, state, position = restored
@@ -186,12 +188,13 @@ def run_refine(
         log.info("refine: resuming at epoch %d, step %d", position["epoch"] + 1, position["step"])
 
     def save(epoch: int, step: int, losses: list[float], data_state: dict) -> None:
-        position.update(epoch=epoch, step=step, losses=losses, data=data_state)
+        position.update(epoch=epoch, step=step, losses=losses, data=data_state,
+                        seconds=earlier_seconds + time.perf_counter() - t0)
         checkpoints.save(epoch * steps_per_epoch + step, {"params": params, "opt_state": opt_state}, position)
 
     key = jax.random.key(seed)
     run_log = RunLog(workdir, "refine")
-    t0 = time.perf_counter()
+    t0, earlier_seconds = time.perf_counter(), position.get("seconds", 0.0)  # absent in older checkpoints
     sign = 1.0 if objective.higher_is_better else -1.0
     data = config.data
     inputs = iterate(batches, state=position["data"], threads=data.threads, prefetch=data.prefetch,
@@ -231,10 +234,10 @@ def run_refine(
                     stopping = True  # on an epoch's last step the epoch finishes: its checkpoint is the stop's
             steps_end = time.perf_counter()
             val = evaluate(eval_step, params, frozen, task.val, val_batch, objective.metric, mesh, data).result()
-            # seconds: since the stage (re)started; step_seconds: this epoch's training steps, the rest being
+            # seconds: the stage's, over its attempts; step_seconds: this epoch's training steps, the rest being
             # evaluation and bookkeeping.
             record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
-                      f"val_{objective.metric}": val, "seconds": time.perf_counter() - t0,
+                      f"val_{objective.metric}": val, "seconds": earlier_seconds + time.perf_counter() - t0,
                       "step_seconds": steps_end - epoch_start}
             position["history"].append(record)
             run_log.write(position["history"])
@@ -252,7 +255,7 @@ def run_refine(
     checkpoints.wait()
     best_writer.wait()
     run_log.close()
-    seconds = time.perf_counter() - t0
+    seconds = earlier_seconds + time.perf_counter() - t0
     if refine.select not in REFINE_SELECTIONS:
         raise ValueError(f"refine.select={refine.select!r}; use one of {REFINE_SELECTIONS}.")
     if refine.select == "best":
