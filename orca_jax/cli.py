@@ -1,16 +1,17 @@
 """What every command-line entry point does, in one place: start-up, and the exit-status contract.
 
-Exit status: 0 done; 2 a problem the user can fix (a flag, the config, the data, the weight files, the workdir or
-the model directory: `USER_ERRORS` and flag errors), printed as the message alone, since it names the bad value and
-the fix and a traceback would only bury it; 1 the run itself failed (`RunError`, a full disk, a non-finite loss,
-any other `OSError`), printed as `error: ...`; 75 stopped by SIGTERM and 130 by Ctrl-C after saving a checkpoint
-(`orca_jax.parallel.Preempted`); 130 also for a Ctrl-C that stopped at once, without saving. Anything else is a
-bug in orca-jax and keeps its traceback.
+Exit status: 0 done; 2 a problem the user can fix (a flag, the config, the data, the weight files, the workdir, the
+cached source features or the model directory: `USER_ERRORS` and flag errors), printed as the message alone, since
+it names the bad value and the fix and a traceback would only bury it; 1 the run itself failed (`RunError`, a full
+disk, a non-finite loss, any other `OSError`), printed as `error: ...` (a full disk as the process's last line);
+75 stopped by SIGTERM and 130 by Ctrl-C after saving a checkpoint (`orca_jax.parallel.Preempted`); 130 also for a
+Ctrl-C that stopped at once, without saving. Anything else is a bug in orca-jax and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -19,14 +20,15 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from orca_jax.config_checks import ConfigError
+from orca_jax.data.source_features import SourceFeaturesError
 from orca_jax.data.tasks import DataError
 from orca_jax.inference.record import ModelError
 from orca_jax.parallel import INTERRUPTED_EXIT_CODE, initialize_distributed
 from orca_jax.weights import CheckpointFormatError, CheckpointNotFoundError, WeightConversionError
-from orca_jax.workdir import WorkdirError
+from orca_jax.workdir import WorkdirError, disk_full, quiet_once_disk_full
 
 USER_ERRORS = (ConfigError, DataError, ModelError, WorkdirError, CheckpointFormatError, CheckpointNotFoundError,
-               WeightConversionError)
+               WeightConversionError, SourceFeaturesError)
 USAGE_EXIT_CODE = 2
 
 
@@ -36,8 +38,10 @@ class RunError(RuntimeError):
 
 def start() -> None:
     """orca-jax's own progress at INFO, libraries at WARNING (Orbax logs every checkpoint file operation at INFO),
-    and the multi-process runtime joined when the environment describes one."""
+    a full disk said once (`orca_jax.workdir.quiet_once_disk_full`), and the multi-process runtime joined when the
+    environment describes one."""
     absl_logging.set_verbosity(absl_logging.WARNING)
+    quiet_once_disk_full()
     logging.getLogger("orca_jax").setLevel(logging.INFO)
     initialize_distributed()
 
@@ -55,7 +59,15 @@ def run_command(body: Callable[[], None]) -> int:
               "checkpoint", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     except (RunError, FloatingPointError, OSError) as error:
+        full = disk_full(error)
+        quiet_once_disk_full(full)
         print(f"error: {error}", file=sys.stderr)
+        if full:
+            # The last word: the writer threads still in flight fail into event loops already closed and print
+            # tracebacks while the interpreter shuts down, where no logging filter reaches them; nothing of the run
+            # is left to save (Orbax clears the unfinished checkpoint on the next start).
+            sys.stdout.flush(), sys.stderr.flush()
+            os._exit(1)
         return 1
     return 0
 

@@ -17,7 +17,7 @@ from ml_collections import ConfigDict
 
 from orca_jax.config import DTYPES
 from orca_jax.config_checks import ConfigError, check_config
-from orca_jax.data.source_features import load_or_compute
+from orca_jax.data.source_features import SourceFeaturesError, load_or_compute
 from orca_jax.data.kinds import get_task_kind
 from orca_jax.data.tasks import DataError, Task, check_task, class_notes, load_task
 from orca_jax.inference.record import write_task_record
@@ -220,17 +220,19 @@ def load_source_features(config: ConfigDict, model: OrcaModel):
         weights="pretrained" if config.body.init == "pretrained" else f"random-seed{config.seed}",
     )
     if len(np.unique(source.features, axis=0)) < 2:
-        raise ValueError(
+        raise SourceFeaturesError(
             f"The {len(source.features)} source features in {source.path} are all identical, so no distance to them "
             "can guide the embedder: the body's tokenizer probably does not fit its vocabulary (unknown tokens "
-            "everywhere), or the body is degenerate. Check the checkpoint's tokenizer files, then delete the cached "
-            "features."
+            f"everywhere), or the body is degenerate. Check the tokenizer files of {config.body.checkpoint}, then "
+            f"delete {source.path} so that they are computed again; or run without the align stage: "
+            "--config.align.epochs=0 --config.align.objective=none."
         )
     width = model.embedder.width
     if source.features.shape[1] != width:
-        raise ValueError(
+        raise SourceFeaturesError(
             f"Source features {source.path} have width {source.features.shape[1]} but the embedder's tokens have "
-            f"{width}: they were computed for another body."
+            f"{width}: they were computed for another body cached under the same name. Delete {source.path} (they "
+            "are computed again for this body), or give this body its own cache: --config.source.cache_dir=DIR."
         )
     return source
 

@@ -3,6 +3,7 @@ status 2 and the message alone (no traceback), before anything is trained. The a
 process; the absl ones (which share flag names, so one process each) run all their cases in one subprocess."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -150,3 +151,23 @@ def test_run_command_statuses(capsys):
     assert run_command(raising(RunError("broke"))) == 1 and capsys.readouterr().err == "error: broke\n"
     assert run_command(raising(KeyboardInterrupt())) == 130
     assert "stopped at once, without saving; rerun the same command" in capsys.readouterr().err
+
+
+def test_unusable_source_features_are_user_errors_naming_the_file(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from orca_jax.cli import run_command
+    from orca_jax.config import load_config_file
+    from orca_jax.pipeline import load_source_features
+
+    config = load_config_file(ROOT / "configs" / "demo.py", "smoke")
+    model = SimpleNamespace(body=None, embedder=SimpleNamespace(width=4))
+    path = tmp_path / "features.npz"
+    for features, said in ((np.ones((5, 4)), f"are all identical, .* then delete {path} so that they are computed"),
+                           (np.eye(5, 3), f"have width 3 but the embedder's tokens have 4: .* Delete {path} .*"
+                                          "--config.source.cache_dir=DIR")):
+        cached = SimpleNamespace(features=features, labels=np.zeros(5, np.int32), path=path)
+        monkeypatch.setattr("orca_jax.pipeline.load_or_compute", lambda *a, c=cached, **k: c)
+        assert run_command(lambda: load_source_features(config, model)) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and re.search(said, err), err

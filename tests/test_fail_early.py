@@ -9,6 +9,8 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -230,3 +232,33 @@ def test_a_resumed_run_sums_its_stages_seconds_over_attempts_and_notes_classes_l
         "task 'arrays': classes [0] of the 4-class head have no example in any split (the labels hold 1..3)",
         "task 'arrays': classes [3] have no training example (class 3: 1 in test)",
     ]
+
+
+# A run whose checkpoint writer (Orbax's, in its background threads) finds the disk full, through run_command as the
+# command lines run it; its own process, since the run's last word is the end of that process.
+FULL_DISK_RUN = """
+import errno, sys
+import numpy as np
+import orbax.checkpoint._src.handlers.json_checkpoint_handler as json_handler
+from orca_jax.cli import run_command
+from orca_jax.pipeline import run
+from tests.test_fail_early import config, task
+
+async def no_space(self, x, directory):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+json_handler.JsonCheckpointHandler._save_fn = no_space
+body, tmp_path = sys.argv[1:]
+sys.exit(run_command(lambda: run(config(body, __import__("pathlib").Path(tmp_path), epochs=3), tmp_path + "/w",
+                                 task=task())))
+"""
+
+
+@pytest.mark.slow
+def test_a_disk_filling_under_the_background_writer_is_said_once_last(body, tmp_path):
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_RUN, str(body), str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    said = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and said[-1].startswith(f"error: The disk holding {tmp_path}/w is full"), said[-20:]
+    assert "Traceback" not in done.stderr and "Event loop is closed" not in done.stderr, done.stderr[-3000:]
+    assert sum("is full" in line for line in said) == 1

@@ -50,6 +50,12 @@ from orca_jax.weights import read_config, resolve_checkpoint
 log = logging.getLogger(__name__)
 
 TEXT_MAX_LENGTH = 32  # tokens per sentence, as the official text_xs_32.npy
+
+
+class SourceFeaturesError(ValueError):
+    """Source features the align stage cannot use (all identical, or of another body's width): the message names
+    the cache file and what to do with it; the command lines print it alone and exit with status 2."""
+
 _CACHE_FORMAT = 1
 
 
