@@ -171,3 +171,27 @@ def test_unusable_source_features_are_user_errors_naming_the_file(tmp_path, monk
         assert run_command(lambda: load_source_features(config, model)) == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err and re.search(said, err), err
+
+
+def test_the_compilation_cache_is_on_under_orca_jax_cache_unless_turned_off(tmp_path, monkeypatch):
+    import jax
+
+    from orca_jax.cli import COMPILE_CACHE_MIN_SECONDS, use_compile_cache
+
+    names = ("jax_compilation_cache_dir", "jax_enable_compilation_cache", "jax_persistent_cache_min_compile_time_secs")
+    saved = {name: getattr(jax.config, name) for name in names}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)  # as in a process whose environment names none
+        use_compile_cache(True)
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "orca_jax" / "xla")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == COMPILE_CACHE_MIN_SECONDS
+        jax.config.update("jax_compilation_cache_dir", "/elsewhere")  # JAX_COMPILATION_CACHE_DIR's choice stands
+        use_compile_cache(True)
+        assert jax.config.jax_compilation_cache_dir == "/elsewhere"
+        use_compile_cache(False)  # --nocompile_cache
+        assert jax.config.jax_enable_compilation_cache is False
+    finally:
+        for name, value in saved.items():
+            jax.config.update(name, value)

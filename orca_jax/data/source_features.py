@@ -59,8 +59,13 @@ class SourceFeaturesError(ValueError):
 _CACHE_FORMAT = 1
 
 
+def cache_root() -> Path:
+    """orca-jax's cache directory: source features, and the compiled programs of `orca_jax.cli.start`."""
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "orca_jax"
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "orca_jax" / "source_features"
+    return cache_root() / "source_features"
 
 
 def _batched(fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray], batch_size: int, desc: str, progress: bool):
