@@ -103,14 +103,14 @@ def plot_importances(importances: dict) -> bytes:
         fig, ax = plt.subplots(figsize=(6, 0.5 + 0.35 * len(importances)), dpi=120)
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names])
-        ax.set_xlabel("importance (fANOVA, share of the value's variance)")
+        ax.set_xlabel("importance (optuna.importance's default evaluator, normalised to sum 1)")
         return fig
 
     return figure_png(draw)
 
 
 def importances(study: optuna.Study) -> dict | str:
-    """fANOVA importances over the finished trials, or why there are none."""
+    """Optuna's parameter importances over the finished trials (its default evaluator), or why there are none."""
     done = [t for t in study.get_trials(deepcopy=False) if t.state == State.COMPLETE]
     if len(done) < 2:
         return f"needs two finished trials; {len(done)} finished"
@@ -156,7 +156,8 @@ def write_report(search: Search, study: optuna.Study, records: Sequence[RunRecor
         lines.append(f"| {row['name']} | {row['test_n']} | 0 | {_fmt(row['test_mean'])}{interval} | – |")
     lines += [
         "", "## Cost", "",
-        (f"Trials: {spend['device_hours']:.3g} device-hours, {spend['epochs']} refine epochs over all trial seeds "
+        (f"Trials: {spend['device_hours']:.3g} device-hours (a device: a worker's GPU or CPU core), "
+         f"{spend['epochs']} refine epochs over all trial seeds "
          f"(alignments shared between trials counted once, in the trial that ran them); the final re-runs "
          f"{final_hours:.3g} hours of wall time. Pruning saved {spend['saved_epochs']} trial-epochs, about "
          f"{spend['saved_device_hours']:.3g} device-hours at the pruned trials' own speed."), "",
