@@ -30,7 +30,7 @@ from orca_jax.ot import pseudo_labels
 from orca_jax.parallel import PreemptionGuard, make_mesh
 from orca_jax.train.align import OBJECTIVES, align_classes, load_aligned_embedder, measure_distance, run_align
 from orca_jax.train.objective import TaskObjective, make_objective
-from orca_jax.train.refine import run_refine
+from orca_jax.train.refine import EpochHook, run_refine
 from orca_jax.workdir import RunLock, WorkdirError, check_data, claim, disk_full, free_space, write_file
 
 log = logging.getLogger(__name__)
@@ -111,12 +111,15 @@ class DiskFullError(OSError):
         return self.strerror
 
 
-def run(config: ConfigDict, workdir: str | epath.PathLike, task: Task | None = None, *, restart: bool = False) -> dict:
+def run(config: ConfigDict, workdir: str | epath.PathLike, task: Task | None = None, *, restart: bool = False,
+        on_epoch: EpochHook | None = None, test: bool = True) -> dict:
     """Runs the configured stages in `workdir` (resuming what is there) and returns the summary it also saves.
 
     `task`: data given from Python (e.g. `orca_jax.data.task_from_arrays(x, y, kind=...)`) instead of
     `config.task.name`; the config's loss options still apply. The workdir is locked for the run, and resumed only
     by the same experiment (`orca_jax.workdir`); `restart=True` deletes a previous run's outputs first.
+    `on_epoch` and `test=False` are for searches (`orca_jax.train.refine`): a refine stage the hook stopped says so
+    in the summary (`refine.stopped`), and without the test split its test metric is null.
     """
     check_config(config)  # every mistake at once, before the workdir, the data or the model is touched
     workdir = epath.Path(workdir)
@@ -125,7 +128,7 @@ def run(config: ConfigDict, workdir: str | epath.PathLike, task: Task | None = N
     workdir.mkdir(parents=True, exist_ok=True)
     with RunLock(workdir):
         try:
-            return _run(config, workdir, task, restart)
+            return _run(config, workdir, task, restart, on_epoch, test)
         except Exception as error:
             if disk_full(error):
                 raise DiskFullError(
@@ -136,7 +139,8 @@ def run(config: ConfigDict, workdir: str | epath.PathLike, task: Task | None = N
             raise
 
 
-def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bool) -> dict:
+def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bool, on_epoch: EpochHook | None,
+         test: bool) -> dict:
     claim(workdir, config, restart=restart)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
     if task is None:
@@ -196,7 +200,7 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
                                 "distance_after": distance}
         if config.refine.epochs > 0:
             result = run_refine(model, task, objective, config, mesh=mesh, workdir=workdir, preemption=preemption,
-                                step_offset=max(config.align.epochs, 0))
+                                step_offset=max(config.align.epochs, 0), on_epoch=on_epoch, test=test)
             summary["refine"] = {
                 "metric": result.metric,
                 "selected": config.refine.select,
@@ -207,6 +211,8 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
             }
             if result.notes:
                 summary["refine"]["notes"] = result.notes
+            if result.stopped:
+                summary["refine"]["stopped"] = result.stopped
     summary = strict_json(summary)
     write_file(workdir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     return summary

@@ -127,11 +127,16 @@ def run_dir(workdir: epath.PathLike, variant: str, seed: int) -> epath.Path:
     return epath.Path(workdir) / variant / f"seed{seed}"
 
 
+def refine_from(run_workdir: epath.PathLike) -> dict:
+    """The overrides that make a run refine from the embedder another run aligned (in `run_workdir`) instead of
+    aligning its own: the one way the sweeps and the searches (`orca_jax.tune`) reuse an alignment."""
+    return {"align.epochs": 0, "refine.init_embedder": str(epath.Path(run_workdir) / "aligned_embedder")}
+
+
 def run_config(config: ConfigDict, variant: Variant, seed: int, workdir: epath.PathLike) -> ConfigDict:
     overrides = {**variant.overrides, "seed": seed}
     if variant.align_from:
-        embedder = run_dir(workdir, variant.align_from, seed) / "aligned_embedder"
-        overrides |= {"align.epochs": 0, "refine.init_embedder": str(embedder)}
+        overrides |= refine_from(run_dir(workdir, variant.align_from, seed))
     return apply_overrides(config, overrides)
 
 
@@ -159,7 +164,7 @@ class RunRecord:
         return ((self.summary or {}).get("refine") or {}).get(f"best_val_{self.metric}")
 
 
-def _finished_summary(directory: epath.Path, config: ConfigDict) -> dict | None:
+def finished_summary(directory: epath.Path, config: ConfigDict) -> dict | None:
     """The summary of a finished run of exactly this config; None otherwise (then `pipeline.run` resumes the run,
     or refuses a workdir holding another experiment, naming the fields)."""
     summary, saved = directory / "summary.json", directory / CONFIG_FILE
@@ -195,7 +200,7 @@ def _one_run(config, variant: Variant, seed: int, workdir, records: dict, run_fn
     distance = base.distance if base is not None else None
     try:
         config = run_config(config, variant, seed, workdir)
-        summary = _finished_summary(directory, config)
+        summary = finished_summary(directory, config)
         if summary is not None:
             status, wall = "skipped", _wall_seconds(directory)
         else:

@@ -96,6 +96,13 @@ def absl_cases(d):
             (["--config=configs/demo.py", "--sweep=nope", w], "--sweep"),
             (["--config=configs/demo.py", "--sweep=objectives", "--seeds=a", w], "invalid literal"),
         ],
+        "scripts/tune.py": [
+            (["--config=configs/demo.py", "--trials=2", "--space=lr=log:1e-3", w],
+             "--space part 'lr=log:1e-3': a range needs two bounds, log:LOW:HIGH"),
+            (["--config=configs/demo.py", "--trials=2", "--trial-seeds=1,2", "--final-seeds=2,3", w],
+             "must be seeds no trial used"),
+            (["--config=configs/demo.py", "--trials=2", "--space=bs=8|x", w], "'x' is not an int"),
+        ],
         "scripts/select_body.py": [
             ([], "Flag --config must have a value other than None"),
             (["--config=nope.py", "--bodies=x", w], "cannot load the config file"),
