@@ -29,7 +29,7 @@ from orca_jax.models.swin import Swin
 from orca_jax.ot import pseudo_labels
 from orca_jax.parallel import PreemptionGuard, make_mesh
 from orca_jax.train.align import OBJECTIVES, align_classes, load_aligned_embedder, measure_distance, run_align
-from orca_jax.train.objective import TaskObjective, make_objective
+from orca_jax.train.objective import TaskObjective, linear_outputs, make_objective
 from orca_jax.train.refine import EpochHook, run_refine
 from orca_jax.workdir import RunLock, WorkdirError, check_data, claim, disk_full, free_space, write_file
 
@@ -75,8 +75,7 @@ def build_head(
     (their last target axis, when there is one, is the channel axis)."""
     kind, shape = objective.kind, task.target_shape
     if kind.head == "linear":
-        outputs = objective.num_outputs if kind.targets == "values" else task.num_classes
-        return ClassificationHead(width, outputs, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        return ClassificationHead(width, linear_outputs(task, objective), param_dtype=param_dtype, dtype=dtype, rngs=rngs)
     if kind.head == "dense_1d":
         channels = shape[1] if len(shape) == 2 else 1
         if dense_1d == "linear":

@@ -88,6 +88,12 @@ class TaskObjective:
         return get_loss(self.loss_name)(outputs, targets, mask, **options)
 
 
+def linear_outputs(task: Task, objective: TaskObjective) -> int:
+    """Outputs of a linear head (or any model ending in one): a logit per class or label, else one per target
+    element."""
+    return objective.num_outputs if objective.kind.targets == "values" else task.num_classes
+
+
 def make_objective(task: Task, task_config) -> TaskObjective:
     """The objective of `task` with the options of the config's `task` section (see the module docstring)."""
     kind = get_task_kind(task.kind)
