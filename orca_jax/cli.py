@@ -1,33 +1,41 @@
 """What every command-line entry point does, in one place: start-up, and the exit-status contract.
 
-Exit status: 0 done; 2 a problem the user can fix (a flag, the config, the data, the weight files, the workdir or
-the model directory: `USER_ERRORS` and flag errors), printed as the message alone, since it names the bad value and
-the fix and a traceback would only bury it; 1 the run itself failed (`RunError`, a full disk, a non-finite loss,
-any other `OSError`), printed as `error: ...`; 75 stopped by SIGTERM and 130 by Ctrl-C after saving a checkpoint
-(`orca_jax.parallel.Preempted`); 130 also for a Ctrl-C that stopped at once, without saving. Anything else is a
-bug in orca-jax and keeps its traceback.
+Exit status: 0 done; 2 a problem the user can fix (a flag, the config, the data, the weight files, the workdir, the
+cached source features or the model directory: `USER_ERRORS` and flag errors), printed as the message alone, since
+it names the bad value and the fix and a traceback would only bury it; 1 the run itself failed (`RunError`, a full
+disk, a non-finite loss, any other `OSError`), printed as `error: ...` (a full disk as the process's last line);
+75 stopped by SIGTERM and 130 by Ctrl-C after saving a checkpoint (`orca_jax.parallel.Preempted`); 130 also for a
+Ctrl-C that stopped at once, without saving. Anything else is a bug in orca-jax and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable
 
+import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
 from orca_jax.config_checks import ConfigError
+from orca_jax.data.source_features import SourceFeaturesError, cache_root
 from orca_jax.data.tasks import DataError
 from orca_jax.inference.record import ModelError
 from orca_jax.parallel import INTERRUPTED_EXIT_CODE, initialize_distributed
 from orca_jax.weights import CheckpointFormatError, CheckpointNotFoundError, WeightConversionError
-from orca_jax.workdir import WorkdirError
+from orca_jax.workdir import WorkdirError, disk_full, quiet_once_disk_full
 
 USER_ERRORS = (ConfigError, DataError, ModelError, WorkdirError, CheckpointFormatError, CheckpointNotFoundError,
-               WeightConversionError)
+               WeightConversionError, SourceFeaturesError)
 USAGE_EXIT_CODE = 2
+COMPILE_CACHE_MIN_SECONDS = 0.1  # programs that take longer to compile are cached (JAX's default, 1 s, skips most)
+_COMPILE_CACHE = flags.DEFINE_bool(
+    "compile_cache", True, "Keep compiled programs in ~/.cache/orca_jax/xla (under XDG_CACHE_HOME when set), "
+    "so a rerun, a resumed run or a sweep's later runs load them instead of compiling; JAX_COMPILATION_CACHE_DIR "
+    "chooses another directory.")
 
 
 class RunError(RuntimeError):
@@ -36,10 +44,27 @@ class RunError(RuntimeError):
 
 def start() -> None:
     """orca-jax's own progress at INFO, libraries at WARNING (Orbax logs every checkpoint file operation at INFO),
-    and the multi-process runtime joined when the environment describes one."""
+    a full disk said once (`orca_jax.workdir.quiet_once_disk_full`), the compilation cache (`--compile_cache`,
+    `use_compile_cache`), and the multi-process runtime joined when the environment describes one."""
     absl_logging.set_verbosity(absl_logging.WARNING)
+    quiet_once_disk_full()
+    use_compile_cache(_COMPILE_CACHE.value if flags.FLAGS.is_parsed() else True)
     logging.getLogger("orca_jax").setLevel(logging.INFO)
     initialize_distributed()
+
+
+def use_compile_cache(enabled: bool) -> None:
+    """JAX's persistent compilation cache under orca-jax's cache directory, unless `enabled` is False or the
+    environment chose a directory (JAX_COMPILATION_CACHE_DIR, read by JAX itself). Why on by default: every run
+    of the same shapes compiles the same programs, tens of seconds of a short run's start. Set before the first
+    compile: JAX reads the setting when it first compiles, once per process."""
+    if not enabled:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(cache_root() / "xla"))
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", COMPILE_CACHE_MIN_SECONDS)
 
 
 def run_command(body: Callable[[], None]) -> int:
@@ -55,7 +80,15 @@ def run_command(body: Callable[[], None]) -> int:
               "checkpoint", file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     except (RunError, FloatingPointError, OSError) as error:
+        full = disk_full(error)
+        quiet_once_disk_full(full)
         print(f"error: {error}", file=sys.stderr)
+        if full:
+            # The last word: the writer threads still in flight fail into event loops already closed and print
+            # tracebacks while the interpreter shuts down, where no logging filter reaches them; nothing of the run
+            # is left to save (Orbax clears the unfinished checkpoint on the next start).
+            sys.stdout.flush(), sys.stderr.flush()
+            os._exit(1)
         return 1
     return 0
 

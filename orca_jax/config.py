@@ -104,9 +104,14 @@ def base_config() -> ConfigDict:
     return c
 
 
-def load_config_file(path: str | os.PathLike, variant: str | None = None) -> ConfigDict:
-    """`get_config(variant)` of a config file, for programs that run configs without the command line's flags."""
+def config_module(path: str | os.PathLike):
+    """A config file as a module: its `get_config`, and the tables some hold (the official hyperparameters)."""
     spec = importlib.util.spec_from_file_location("orca_jax_config_file", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return module
+
+
+def load_config_file(path: str | os.PathLike, variant: str | None = None) -> ConfigDict:
+    """`get_config(variant)` of a config file, for programs that run configs without the command line's flags."""
+    return config_module(path).get_config(variant)

@@ -17,9 +17,9 @@ from ml_collections import ConfigDict
 
 from orca_jax.config import DTYPES
 from orca_jax.config_checks import ConfigError, check_config
-from orca_jax.data.source_features import load_or_compute
+from orca_jax.data.source_features import SourceFeaturesError, load_or_compute
 from orca_jax.data.kinds import get_task_kind
-from orca_jax.data.tasks import DataError, Task, check_task, load_task
+from orca_jax.data.tasks import DataError, Task, check_task, class_notes, load_task
 from orca_jax.inference.record import write_task_record
 from orca_jax.models.pretrained import load_checkpoint
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
@@ -28,9 +28,9 @@ from orca_jax.models.orca import OrcaModel
 from orca_jax.models.swin import Swin
 from orca_jax.ot import pseudo_labels
 from orca_jax.parallel import PreemptionGuard, make_mesh
-from orca_jax.train.align import OBJECTIVES, load_aligned_embedder, measure_distance, run_align
+from orca_jax.train.align import OBJECTIVES, align_classes, load_aligned_embedder, measure_distance, run_align
 from orca_jax.train.objective import TaskObjective, linear_outputs, make_objective
-from orca_jax.train.refine import run_refine
+from orca_jax.train.refine import EpochHook, run_refine
 from orca_jax.workdir import RunLock, WorkdirError, check_data, claim, disk_full, free_space, write_file
 
 log = logging.getLogger(__name__)
@@ -110,12 +110,15 @@ class DiskFullError(OSError):
         return self.strerror
 
 
-def run(config: ConfigDict, workdir: str | epath.PathLike, task: Task | None = None, *, restart: bool = False) -> dict:
+def run(config: ConfigDict, workdir: str | epath.PathLike, task: Task | None = None, *, restart: bool = False,
+        on_epoch: EpochHook | None = None, test: bool = True) -> dict:
     """Runs the configured stages in `workdir` (resuming what is there) and returns the summary it also saves.
 
     `task`: data given from Python (e.g. `orca_jax.data.task_from_arrays(x, y, kind=...)`) instead of
     `config.task.name`; the config's loss options still apply. The workdir is locked for the run, and resumed only
     by the same experiment (`orca_jax.workdir`); `restart=True` deletes a previous run's outputs first.
+    `on_epoch` and `test=False` are for searches (`orca_jax.train.refine`): a refine stage the hook stopped says so
+    in the summary (`refine.stopped`), and without the test split its test metric is null.
     """
     check_config(config)  # every mistake at once, before the workdir, the data or the model is touched
     workdir = epath.Path(workdir)
@@ -124,7 +127,7 @@ def run(config: ConfigDict, workdir: str | epath.PathLike, task: Task | None = N
     workdir.mkdir(parents=True, exist_ok=True)
     with RunLock(workdir):
         try:
-            return _run(config, workdir, task, restart)
+            return _run(config, workdir, task, restart, on_epoch, test)
         except Exception as error:
             if disk_full(error):
                 raise DiskFullError(
@@ -135,7 +138,8 @@ def run(config: ConfigDict, workdir: str | epath.PathLike, task: Task | None = N
             raise
 
 
-def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bool) -> dict:
+def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bool, on_epoch: EpochHook | None,
+         test: bool) -> dict:
     claim(workdir, config, restart=restart)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
     if task is None:
@@ -143,18 +147,32 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
     else:
         check_task(task)
     check_data(workdir, task)
+    notes = class_notes(task)
+    for note in notes:
+        log.warning("%s", note)
+    # Without an align stage, a distance is still measured where the embedder the refine stage starts from stands:
+    # the distance that places the no-alignment ablations on the distance-versus-accuracy plot.
+    align = config.align
+    distance_only = align.epochs == 0 and align.objective in OBJECTIVES and align.objective != "none"
+    labels = None  # what either groups target examples by
+    if config.align.epochs > 0 or distance_only:
+        labels = align_labels(task, config.seed)
+        align_classes(labels, f"task {task.name!r}'s training split (the validation and test splits hold "
+                              f"{len(task.val)} and {len(task.test)} more)")
     objective = make_objective(task, config.task)
     # What rebuilding the trained model needs and the config does not hold (orca_jax.inference.load_model).
     write_task_record(workdir, task, objective, config.task.normalize_targets)
     model = build_model(config, task, objective)
     summary: dict = {"task": task.name, "kind": task.kind, "body": str(config.body.checkpoint)}
+    if notes:
+        summary["notes"] = notes
     # One preemption guard for both stages, whose step numbers continue from one to the next (align epochs, then
     # refine steps), as a multi-process stop agreement needs.
     with PreemptionGuard() as preemption:
         if config.align.epochs > 0:
             source = load_source_features(config, model)
             result = run_align(
-                model, task.train.x, align_labels(task, config.seed), (source.features, source.labels), config.align,
+                model, task.train.x, labels, (source.features, source.labels), config.align,
                 config.optimizer, batch_size=config.batch_size, mesh=mesh, workdir=workdir, seed=config.seed,
                 data=config.data, mesh_config=config.mesh, preemption=preemption,
             )
@@ -171,19 +189,17 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
                     "fits this model; give the aligned_embedder/ of a workdir whose run used the same body and task."
                 ])
             summary["init_embedder"] = str(config.refine.init_embedder)
-        if config.align.epochs == 0 and config.align.objective in OBJECTIVES and config.align.objective != "none":
-            # Without an align stage, where the embedder the refine stage starts from stands: the distance that
-            # places the no-alignment ablations on the distance-versus-accuracy plot.
+        if distance_only:
             source = load_source_features(config, model)
             distance = measure_distance(
-                model, task.train.x, align_labels(task, config.seed), (source.features, source.labels), config.align,
+                model, task.train.x, labels, (source.features, source.labels), config.align,
                 config.optimizer, batch_size=config.batch_size, mesh=mesh, seed=config.seed, mesh_config=config.mesh,
             )
             summary["align"] = {"objective": config.align.objective, "epochs": 0, "distance_before": distance,
                                 "distance_after": distance}
         if config.refine.epochs > 0:
             result = run_refine(model, task, objective, config, mesh=mesh, workdir=workdir, preemption=preemption,
-                                step_offset=max(config.align.epochs, 0))
+                                step_offset=max(config.align.epochs, 0), on_epoch=on_epoch, test=test)
             summary["refine"] = {
                 "metric": result.metric,
                 "selected": config.refine.select,
@@ -194,6 +210,8 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
             }
             if result.notes:
                 summary["refine"]["notes"] = result.notes
+            if result.stopped:
+                summary["refine"]["stopped"] = result.stopped
     summary = strict_json(summary)
     write_file(workdir / "summary.json", json.dumps(summary, indent=2, allow_nan=False))
     return summary
@@ -207,17 +225,19 @@ def load_source_features(config: ConfigDict, model: OrcaModel):
         weights="pretrained" if config.body.init == "pretrained" else f"random-seed{config.seed}",
     )
     if len(np.unique(source.features, axis=0)) < 2:
-        raise ValueError(
+        raise SourceFeaturesError(
             f"The {len(source.features)} source features in {source.path} are all identical, so no distance to them "
             "can guide the embedder: the body's tokenizer probably does not fit its vocabulary (unknown tokens "
-            "everywhere), or the body is degenerate. Check the checkpoint's tokenizer files, then delete the cached "
-            "features."
+            f"everywhere), or the body is degenerate. Check the tokenizer files of {config.body.checkpoint}, then "
+            f"delete {source.path} so that they are computed again; or run without the align stage: "
+            "--config.align.epochs=0 --config.align.objective=none."
         )
     width = model.embedder.width
     if source.features.shape[1] != width:
-        raise ValueError(
+        raise SourceFeaturesError(
             f"Source features {source.path} have width {source.features.shape[1]} but the embedder's tokens have "
-            f"{width}: they were computed for another body."
+            f"{width}: they were computed for another body cached under the same name. Delete {source.path} (they "
+            "are computed again for this body), or give this body its own cache: --config.source.cache_dir=DIR."
         )
     return source
 

@@ -14,7 +14,8 @@ run per variant cannot separate them; an interval over seeds says when the seeds
   config is not run again; a failing run is recorded and the sweep goes on, except on a full disk or a preemption,
   which stop it (every later run would fail, or should resume later). With `baselines`, the simple baselines of
   `orca_jax.baselines` are then fitted per seed on the same split (`DIR/baselines/seed<k>`, reused when the task
-  and data are unchanged) and reported as rows `baseline: <name>` of the same table. Then `write_reports`.
+  and data are unchanged) and reported as rows `baseline: <name>` of the same table. Then `write_reports`. One sweep at a time
+  holds `DIR` (the lock of `orca_jax.workdir.RunLock`); a second is refused at once.
 - `select_bodies`: the paper's body selection. A short alignment per candidate body ranks them by final distance to
   each body's own source features; optionally full runs of the top bodies x seeds check the ranking against the
   test metric in one table.
@@ -48,7 +49,7 @@ from orca_jax.parallel import is_main_process
 from orca_jax.pipeline import DiskFullError, run, strict_json
 from orca_jax.plotting import figure_png
 from orca_jax.train.metrics import METRICS
-from orca_jax.workdir import CONFIG_FILE, write_file
+from orca_jax.workdir import CONFIG_FILE, RunLock, write_file
 
 CONFIDENCE = 0.95
 RUN_RECORD = "sweep_run.json"  # in each run's workdir: wall seconds summed over the attempts this harness made
@@ -129,11 +130,16 @@ def run_dir(workdir: epath.PathLike, variant: str, seed: int) -> epath.Path:
     return epath.Path(workdir) / variant / f"seed{seed}"
 
 
+def refine_from(run_workdir: epath.PathLike) -> dict:
+    """The overrides that make a run refine from the embedder another run aligned (in `run_workdir`) instead of
+    aligning its own: the one way the sweeps and the searches (`orca_jax.tune`) reuse an alignment."""
+    return {"align.epochs": 0, "refine.init_embedder": str(epath.Path(run_workdir) / "aligned_embedder")}
+
+
 def run_config(config: ConfigDict, variant: Variant, seed: int, workdir: epath.PathLike) -> ConfigDict:
     overrides = {**variant.overrides, "seed": seed}
     if variant.align_from:
-        embedder = run_dir(workdir, variant.align_from, seed) / "aligned_embedder"
-        overrides |= {"align.epochs": 0, "refine.init_embedder": str(embedder)}
+        overrides |= refine_from(run_dir(workdir, variant.align_from, seed))
     return apply_overrides(config, overrides)
 
 
@@ -167,7 +173,7 @@ class RunRecord:
         return self._scores.get(f"best_val_{self.metric}")
 
 
-def _finished_summary(directory: epath.Path, config: ConfigDict) -> dict | None:
+def finished_summary(directory: epath.Path, config: ConfigDict) -> dict | None:
     """The summary of a finished run of exactly this config; None otherwise (then `pipeline.run` resumes the run,
     or refuses a workdir holding another experiment, naming the fields)."""
     summary, saved = directory / "summary.json", directory / CONFIG_FILE
@@ -203,7 +209,7 @@ def _one_run(config, variant: Variant, seed: int, workdir, records: dict, run_fn
     distance = base.distance if base is not None else None
     try:
         config = run_config(config, variant, seed, workdir)
-        summary = _finished_summary(directory, config)
+        summary = finished_summary(directory, config)
         if summary is not None:
             status, wall = "skipped", _wall_seconds(directory)
         else:
@@ -250,18 +256,22 @@ def run_sweep(
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"Give distinct seeds, e.g. 0,1,2; got {list(seeds)}.")
     workdir = epath.Path(workdir).absolute()  # refine.init_embedder paths, and so the saved configs, are absolute
+    workdir.mkdir(parents=True, exist_ok=True)
     records: dict[tuple[str, int], RunRecord] = {}
     total = len(variants) * len(seeds)
-    for variant in variants:
-        for seed in seeds:
-            record = _one_run(config, variant, seed, workdir, records, run_fn)
-            records[(variant.name, seed)] = record
-            if is_main_process():
-                print(_progress(len(records), total, record), flush=True)
-    records = list(records.values())
-    if baselines:
-        records += [r for seed in seeds for r in baseline_records(config, seed, workdir)]
-    write_reports(records, workdir)
+    # Locked as one run's workdir is: a second sweep on the directory would find each run busy, record it as
+    # failed and overwrite the first sweep's reports.
+    with RunLock(workdir):
+        for variant in variants:
+            for seed in seeds:
+                record = _one_run(config, variant, seed, workdir, records, run_fn)
+                records[(variant.name, seed)] = record
+                if is_main_process():
+                    print(_progress(len(records), total, record), flush=True)
+        records = list(records.values())
+        if baselines:
+            records += [r for seed in seeds for r in baseline_records(config, seed, workdir)]
+        write_reports(records, workdir)
     return records
 
 

@@ -235,6 +235,38 @@ def disk_full(error: BaseException) -> bool:
     return False
 
 
+class _QuietOnceDiskFull(logging.Filter):
+    """Drops the errors that Orbax's background writers log once the disk is full, so that the run's one message
+    (`pipeline.DiskFullError`) is the last word. A full disk fails every writer thread in flight: each logs its
+    traceback (through absl's logger), and threads that outlive the failed run log `Event loop is closed` and
+    `cannot schedule new futures` (through concurrent.futures'), thousands of lines that bury the message and are
+    all the same fault. Errors before the disk fills pass."""
+
+    full = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if not _QuietOnceDiskFull.full and record.exc_info and record.exc_info[1] is not None:
+            _QuietOnceDiskFull.full = disk_full(record.exc_info[1])
+        if not _QuietOnceDiskFull.full:
+            _QuietOnceDiskFull.full = "No space left on device" in record.getMessage()
+        return not _QuietOnceDiskFull.full
+
+
+_QUIET_ONCE_DISK_FULL = _QuietOnceDiskFull()
+_BACKGROUND_WRITER_LOGGERS = ("absl", "concurrent.futures")
+
+
+def quiet_once_disk_full(full: bool = False) -> None:
+    """Installs `_QuietOnceDiskFull` (once per process; the command lines do, at start); `full=True`: the disk is
+    known to be full from now on (the run's own error said so, before any writer thread logged it)."""
+    for name in _BACKGROUND_WRITER_LOGGERS:
+        if _QUIET_ONCE_DISK_FULL not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_QUIET_ONCE_DISK_FULL)
+    _QuietOnceDiskFull.full = _QuietOnceDiskFull.full or full
+
+
 def free_space(workdir: epath.PathLike) -> str:
     try:
         return f"{shutil.disk_usage(os.fspath(workdir)).free / 2**30:.2f} GiB free"

@@ -9,10 +9,11 @@ run lives in `DIR/<variant>/seed<k>`; rerunning the command skips finished runs 
 answer is `DIR/results.md` (with `results.csv`, `runs.csv`, `distance_vs_metric.png`, `results_bars.png`).
 `--baselines` adds the simple baselines of scripts/baselines.py, fitted on each seed's split, as rows
 `baseline: <name>` of the same tables (in `DIR/baselines/seed<k>`, reused by a rerun on unchanged data). Sweeps
-and their variants: `orca_jax/sweep.py` (`SWEEPS`). Runs compile their programs anew; with JAX's persistent cache
-(`JAX_COMPILATION_CACHE_DIR=DIR/xla`) later runs of the same shapes load them instead. Exit status: 0 every run finished; 1 some failed (their errors
-are in the reports; the others ran); 2 the sweep cannot start (unknown sweep, variant or seeds); 75 stopped by
-SIGTERM, 130 by Ctrl-C, after a checkpoint (rerun to resume).
+and their variants: `orca_jax/sweep.py` (`SWEEPS`). Compiled programs are cached (`--compile_cache`, on by
+default), so the later runs of the same shapes load them instead of compiling. Exit status: 0 every run
+finished; 1 some failed (their errors are in the reports; the others ran); 2 the sweep cannot start (unknown sweep,
+variant or seeds, or another sweep holds DIR); 75 stopped by SIGTERM, 130 by Ctrl-C, after a checkpoint (rerun to
+resume).
 """
 
 import sys

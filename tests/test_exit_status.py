@@ -3,6 +3,7 @@ status 2 and the message alone (no traceback), before anything is trained. The a
 process; the absl ones (which share flag names, so one process each) run all their cases in one subprocess."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -51,6 +52,8 @@ def files(tmp_path_factory):
     (d / "text.npz").write_text("x,y\n1,2\n")
     np.savez(d / "strings.npz", x=x, y=np.array(["a", "b"] * 10))
     np.savez(d / "empty.npz", x=x[:0], y=y[:0])
+    np.savez(d / "three.npz", x=x[:3], y=y[:3])
+    np.savez(d / "floats.npz", x=x, y=y.astype(np.float64))
     (d / "no_y").mkdir()
     np.save(d / "no_y" / "x.npy", x)
     (d / "a_file").write_text("")
@@ -77,6 +80,12 @@ def absl_cases(d):
             ([*own, f"--config.task.name=npz:{d}/strings.npz", "--config.task.kind=classification"],
              "np.unique(y, return_inverse=True)"),
             ([*own, f"--config.task.name=npz:{d}/empty.npz"], "x holds no examples"),
+            ([*own, f"--config.task.name=npz:{d}/floats.npz", "--config.task.kind=classification"],
+             "y has shape (20,) and dtype float64"),  # the file's count, not the training split's
+            ([*own, f"--config.task.name=npz:{d}/three.npz"], "leaves 0 validation and 2 training examples; raise "
+                                                               "task.val_fraction to at least 0.5"),
+            ([*own, f"--config.task.name=npz:{d}/three.npz", "--config.task.val_fraction=0.5"],
+             "The align stage needs a class with at least two examples"),  # before the (missing) body is loaded
             ([*own[:-1], f"--config.task.name=npz:{d}/good.npz", f"--workdir={d}/a_file"], "is a file"),
             ([*own, f"--config.task.name=npz:{d}/good.npz"], "no-such-org/no-such-model"),
             ([own[0], f"--config.body.checkpoint={d}/no_weights", f"--config.task.name=npz:{d}/good.npz", w],
@@ -86,6 +95,13 @@ def absl_cases(d):
             ([], "Flag --config must have a value other than None"),
             (["--config=configs/demo.py", "--sweep=nope", w], "--sweep"),
             (["--config=configs/demo.py", "--sweep=objectives", "--seeds=a", w], "invalid literal"),
+        ],
+        "scripts/tune.py": [
+            (["--config=configs/demo.py", "--trials=2", "--space=lr=log:1e-3", w],
+             "--space part 'lr=log:1e-3': a range needs two bounds, log:LOW:HIGH"),
+            (["--config=configs/demo.py", "--trials=2", "--trial-seeds=1,2", "--final-seeds=2,3", w],
+             "must be seeds no trial used"),
+            (["--config=configs/demo.py", "--trials=2", "--space=bs=8|x", w], "'x' is not an int"),
         ],
         "scripts/select_body.py": [
             ([], "Flag --config must have a value other than None"),
@@ -142,3 +158,47 @@ def test_run_command_statuses(capsys):
     assert run_command(raising(RunError("broke"))) == 1 and capsys.readouterr().err == "error: broke\n"
     assert run_command(raising(KeyboardInterrupt())) == 130
     assert "stopped at once, without saving; rerun the same command" in capsys.readouterr().err
+
+
+def test_unusable_source_features_are_user_errors_naming_the_file(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from orca_jax.cli import run_command
+    from orca_jax.config import load_config_file
+    from orca_jax.pipeline import load_source_features
+
+    config = load_config_file(ROOT / "configs" / "demo.py", "smoke")
+    model = SimpleNamespace(body=None, embedder=SimpleNamespace(width=4))
+    path = tmp_path / "features.npz"
+    for features, said in ((np.ones((5, 4)), f"are all identical, .* then delete {path} so that they are computed"),
+                           (np.eye(5, 3), f"have width 3 but the embedder's tokens have 4: .* Delete {path} .*"
+                                          "--config.source.cache_dir=DIR")):
+        cached = SimpleNamespace(features=features, labels=np.zeros(5, np.int32), path=path)
+        monkeypatch.setattr("orca_jax.pipeline.load_or_compute", lambda *a, c=cached, **k: c)
+        assert run_command(lambda: load_source_features(config, model)) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and re.search(said, err), err
+
+
+def test_the_compilation_cache_is_on_under_orca_jax_cache_unless_turned_off(tmp_path, monkeypatch):
+    import jax
+
+    from orca_jax.cli import COMPILE_CACHE_MIN_SECONDS, use_compile_cache
+
+    names = ("jax_compilation_cache_dir", "jax_enable_compilation_cache", "jax_persistent_cache_min_compile_time_secs")
+    saved = {name: getattr(jax.config, name) for name in names}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)  # as in a process whose environment names none
+        use_compile_cache(True)
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "orca_jax" / "xla")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == COMPILE_CACHE_MIN_SECONDS
+        jax.config.update("jax_compilation_cache_dir", "/elsewhere")  # JAX_COMPILATION_CACHE_DIR's choice stands
+        use_compile_cache(True)
+        assert jax.config.jax_compilation_cache_dir == "/elsewhere"
+        use_compile_cache(False)  # --nocompile_cache
+        assert jax.config.jax_enable_compilation_cache is False
+    finally:
+        for name, value in saved.items():
+            jax.config.update(name, value)

@@ -3,11 +3,15 @@ losses, a workdir reused by another experiment, on other data or by two runs at 
 best checkpoint, a full disk."""
 
 import errno
+import itertools
 import json
 import logging
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -202,3 +206,59 @@ def test_a_full_disk_is_said_once_plainly(body, tmp_path, monkeypatch):
     with pytest.raises(DiskFullError, match=r"The disk holding .* is full \(.* GiB free\)\. Free some space and "
                                             "rerun the same command"):
         run(config(body, tmp_path), tmp_path / "w", task=task())
+
+
+@pytest.mark.slow
+def test_a_resumed_run_sums_its_stages_seconds_over_attempts_and_notes_classes_left_untrained(body, tmp_path,
+                                                                                                monkeypatch):
+    # Labels 1 and 2 (class 0 empty), and a class 3 that only the test split has.
+    y_test = np.where(np.arange(20) == 0, 3, Y[60:] + 1)
+    data = task_from_arrays(X[:60], Y[:60] + 1, x_test=X[60:], y_test=y_test, val_fraction=0.2)
+    c = config(body, tmp_path, epochs=2)
+    c.align.update(dict(epochs=2, objective="otdd-exact", checkpoint_every=1))
+    slow_clock = lambda: types.SimpleNamespace(perf_counter=itertools.count(0.0, 1000.0).__next__)  # noqa: E731
+    # Attempt 1 stops after align epoch 1 (guard step 0) on a clock that runs 1000 s a reading; attempt 2 in
+    # refine epoch 1 (guard step 2 + 2) on such a clock; attempt 3 finishes on real time. Without the seconds of
+    # the earlier attempts, both stages would report a few seconds.
+    for stage, stop_at in (("align", 0), ("refine", 4)):
+        monkeypatch.setattr(PreemptionGuard, "should_stop", lambda self, step, s=stop_at: step == s)
+        monkeypatch.setattr(f"orca_jax.train.{stage}.time", slow_clock())
+        with pytest.raises(SystemExit):
+            run(c, tmp_path / "w", task=data)
+        monkeypatch.undo()
+    summary = run(c, tmp_path / "w", task=data)
+    assert summary["align"]["seconds"] >= 1000 and summary["refine"]["seconds"] >= 1000, summary
+    assert [note.split(",")[0] for note in summary["notes"]] == [
+        "task 'arrays': classes [0] of the 4-class head have no example in any split (the labels hold 1..3)",
+        "task 'arrays': classes [3] have no training example (class 3: 1 in test)",
+    ]
+
+
+# A run whose checkpoint writer (Orbax's, in its background threads) finds the disk full, through run_command as the
+# command lines run it; its own process, since the run's last word is the end of that process.
+FULL_DISK_RUN = """
+import errno, sys
+import numpy as np
+import orbax.checkpoint._src.handlers.json_checkpoint_handler as json_handler
+from orca_jax.cli import run_command
+from orca_jax.pipeline import run
+from tests.test_fail_early import config, task
+
+async def no_space(self, x, directory):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+json_handler.JsonCheckpointHandler._save_fn = no_space
+body, tmp_path = sys.argv[1:]
+sys.exit(run_command(lambda: run(config(body, __import__("pathlib").Path(tmp_path), epochs=3), tmp_path + "/w",
+                                 task=task())))
+"""
+
+
+@pytest.mark.slow
+def test_a_disk_filling_under_the_background_writer_is_said_once_last(body, tmp_path):
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_RUN, str(body), str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    said = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1 and said[-1].startswith(f"error: The disk holding {tmp_path}/w is full"), said[-20:]
+    assert "Traceback" not in done.stderr and "Event loop is closed" not in done.stderr, done.stderr[-3000:]
+    assert sum("is full" in line for line in said) == 1

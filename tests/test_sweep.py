@@ -28,6 +28,7 @@ from orca_jax.sweep import (
     t_interval,
     write_reports,
 )
+from orca_jax.workdir import RunLock, WorkdirError
 from tests.text_checkpoints import save_tiny_text_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,6 +165,13 @@ def test_sweep_resumes_skips_finished_runs_and_records_failures(tmp_path, capsys
     changed = apply_overrides(_config(), {"optimizer.learning_rate": 0.5})
     run_sweep(changed, VARIANTS[:1], [0], tmp_path, run_fn=stub)
     assert [(v, s) for v, s, _ in stub.calls] == [("otdd-annealed", 0)]
+
+    # A second sweep on the directory while one runs is refused before it runs anything or rewrites the reports.
+    reports = (tmp_path / "results.md").read_text()
+    stub = StubRun()
+    with RunLock(tmp_path), pytest.raises(WorkdirError, match=rf"Workdir {tmp_path} is in use by process \d+"):
+        run_sweep(changed, VARIANTS, [0, 2], tmp_path, run_fn=stub)
+    assert stub.calls == [] and (tmp_path / "results.md").read_text() == reports
 
 
 def test_a_failed_base_run_fails_its_refine_only_variant_without_running_it(tmp_path):

@@ -50,11 +50,22 @@ from orca_jax.weights import read_config, resolve_checkpoint
 log = logging.getLogger(__name__)
 
 TEXT_MAX_LENGTH = 32  # tokens per sentence, as the official text_xs_32.npy
+
+
+class SourceFeaturesError(ValueError):
+    """Source features the align stage cannot use (all identical, or of another body's width): the message names
+    the cache file and what to do with it; the command lines print it alone and exit with status 2."""
+
 _CACHE_FORMAT = 1
 
 
+def cache_root() -> Path:
+    """orca-jax's cache directory: source features, and the compiled programs of `orca_jax.cli.start`."""
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "orca_jax"
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "orca_jax" / "source_features"
+    return cache_root() / "source_features"
 
 
 def _batched(fn: Callable[..., jax.Array], arrays: Sequence[np.ndarray], batch_size: int, desc: str, progress: bool):

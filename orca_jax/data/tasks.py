@@ -29,6 +29,7 @@ import dataclasses
 import difflib
 import functools
 import logging
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -272,7 +273,10 @@ def _assemble(name, data: TaskData, *, kind, val_fraction, test_fraction, seed, 
             f"Task {name!r}: cannot tell the kind of task from targets of shape {shape} and dtype {dtype}; {hint} "
             f"(known kinds: {sorted(TASK_KINDS)})."
         )
-    get_task_kind(kind)
+    if get_task_kind(kind).targets == "classes":  # said of the arrays as given, before any split takes rows
+        _check_class_id_form(f"task {name!r} y", kind, data.train.y)
+        if data.test is not None:
+            _check_class_id_form(f"task {name!r} y_test", kind, data.test.y)
     test = data.test
     if test is None:
         if not 0.0 < test_fraction < 1.0:
@@ -281,6 +285,19 @@ def _assemble(name, data: TaskData, *, kind, val_fraction, test_fraction, seed, 
     else:
         train_all = data.train
     train, val = held_out(train_all, val_fraction, seed)
+    if not len(val) or not len(train):
+        if len(train_all) < 2:
+            fix = "add examples: one cannot be both a training and a validation example"
+        elif not len(val):
+            fix = f"raise task.val_fraction to at least {math.ceil(100 / len(train_all)) / 100:g}, or add examples"
+        else:
+            fix = "lower task.val_fraction, or add examples"
+        raise DataError(
+            f"Task {name!r}: task.val_fraction={val_fraction} of its {len(train_all)} training examples"
+            + (f" (of {len(data.train)} in x; task.test_fraction={test_fraction} holds out {len(test)} as test)"
+               if data.test is None else "")
+            + f" leaves {len(val)} validation and {len(train)} training examples; {fix}."
+        )
     if train_size:
         if not 0 < train_size <= len(train):
             raise DataError(f"task.train_size={train_size} must be in [1, {len(train)}] for task {name!r}.")
@@ -340,8 +357,9 @@ def check_task(task: Task) -> None:
     for split_name, split in splits.items():
         where = f"task {task.name!r} {split_name}"
         if len(split) == 0:
-            fix = ("lower task.val_fraction or add training data" if split_name in ("train", "val")
-                   else "provide test data or a larger task.test_fraction")
+            fix = {"train": "lower task.val_fraction or add training data",
+                   "val": "raise task.val_fraction or add training data",
+                   "test": "provide test data or a larger task.test_fraction"}[split_name]
             raise DataError(f"{where} split is empty; {fix}.")
         if len(split.x.shape) != rank:
             raise DataError(
@@ -376,15 +394,20 @@ def _class_id_fix(shape: tuple, dtype: np.dtype) -> str:
     return "; ".join(fixes) or "one label per example"
 
 
+def _check_class_id_form(where: str, kind_name: str, y: Any) -> None:
+    shape, dtype = tuple(y.shape), np.dtype(y.dtype)
+    if len(shape) != 1 or not np.issubdtype(dtype, np.integer):
+        raise DataError(
+            f"{where} has shape {shape} and dtype {dtype}, but kind {kind_name!r} takes one integer class id per "
+            f"example, shape [N]: {_class_id_fix(shape, dtype)}; for other targets set task.kind (one of "
+            f"{sorted(TASK_KINDS)})."
+        )
+
+
 def _check_targets(where: str, task: Task, kind, y: Any) -> None:
     shape, dtype = tuple(y.shape), np.dtype(y.dtype)
     if kind.targets == "classes":
-        if len(shape) != 1 or not np.issubdtype(dtype, np.integer):
-            raise DataError(
-                f"{where} targets have shape {shape} and dtype {dtype}, but kind {task.kind!r} takes one integer "
-                f"class id per example, shape [N]: {_class_id_fix(shape, dtype)}; for other targets set task.kind "
-                f"(one of {sorted(TASK_KINDS)})."
-            )
+        _check_class_id_form(f"{where} targets", task.kind, y)
         if task.num_classes is None or task.num_classes < 2:
             raise DataError(f"Task {task.name!r} has num_classes={task.num_classes}; classification needs at least 2 "
                              "(set task.num_classes).")
@@ -423,3 +446,34 @@ def _check_targets(where: str, task: Task, kind, y: Any) -> None:
             f"{where} targets have shape {shape} for {task.layout} inputs; kind {task.kind!r} takes image inputs "
             "and targets [N, height, width] or [N, height, width, channels] (any size: the head pools to it)."
         )
+
+
+def class_notes(task: Task) -> list[str]:
+    """What a class-valued task's labels leave untrained, which no error stops: a class of the head with no example
+    at all (labels counted from 1 train a head whose class 0 is empty), and a class with no training example (in
+    the validation or test split only: always predicted wrong). Said as warnings and in the run's summary."""
+    splits = {"train": task.train.y, "validation": task.val.y, "test": task.test.y}
+    if get_task_kind(task.kind).targets != "classes" or not all(
+        isinstance(y, np.ndarray) and np.issubdtype(y.dtype, np.integer) for y in splits.values()
+    ):
+        return []
+    counts = {name: np.bincount(np.asarray(y).ravel(), minlength=task.num_classes) for name, y in splits.items()}
+    notes = []
+    empty = np.flatnonzero(sum(counts.values()) == 0).tolist()
+    if empty:
+        present = np.flatnonzero(sum(counts.values())).tolist()
+        notes.append(
+            f"task {task.name!r}: classes {empty} of the {task.num_classes}-class head have no example in any split "
+            f"(the labels hold {present[0]}..{present[-1]}), so their outputs are never trained; re-index the labels "
+            "to run from 0 (e.g. y - 1, or np.unique(y, return_inverse=True)), unless task.num_classes sets them on "
+            "purpose"
+        )
+    held = [c for c in np.flatnonzero(counts["train"] == 0).tolist() if c not in empty]
+    if held:
+        where = "; ".join(f"class {c}: " + ", ".join(f"{int(counts[n][c])} in {n}" for n in ("validation", "test")
+                                                        if counts[n][c]) for c in held)
+        notes.append(
+            f"task {task.name!r}: classes {held} have no training example ({where}), so the model never learns them "
+            "and is always wrong on them; give the training data (x, y) examples of them"
+        )
+    return notes

@@ -34,6 +34,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from orca_jax.data.loader import iterate
+from orca_jax.data.tasks import DataError
 from orca_jax.ot import MMDLoss, OTDDLoss
 from orca_jax.ot.l2 import L2Loss
 from orca_jax.plotting import figure_png
@@ -57,6 +58,22 @@ OBJECTIVES = ("otdd-exact", "otdd-gaussian", "mmd", "l2", "none")
 EMBEDDER = nnx.All(nnx.Param, nnx.PathContains("embedder"))
 
 
+def align_classes(labels: np.ndarray, where: str = "the training split") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class ids, their counts, which take part): a class takes part with two examples or more, since a distance
+    between one embedded example and the source set says nothing about the class's spread. `pipeline.run` asks
+    before anything is built, so a task too small to align fails at once, not after the source features."""
+    ids, counts = np.unique(np.asarray(labels), return_counts=True)
+    keep = counts >= 2
+    if not keep.any():
+        raise DataError(
+            f"The align stage needs a class with at least two examples in {where}; it has {np.size(labels)}, and no "
+            "class has two. Add examples (or lower task.val_fraction, which takes validation "
+            "examples from them), or run without the align stage: --config.align.epochs=0 "
+            "--config.align.objective=none."
+        )
+    return ids, counts, keep
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassSampler:
     """Which examples each target class contributes to an align epoch, as a fixed-shape padded batch."""
@@ -75,10 +92,7 @@ class ClassSampler:
                 f"align needs one class id per example; got labels of shape {labels.shape}. For dense or "
                 "multi-label targets, pass k-means pseudo-labels (orca_jax.ot.pseudo_labels)."
             )
-        ids, counts = np.unique(labels, return_counts=True)
-        keep = counts >= 2
-        if not keep.any():
-            raise ValueError("No target class has two or more examples; OTDD needs at least two per class.")
+        ids, counts, keep = align_classes(labels)
         if not keep.all():
             log.warning("align skips classes with a single example: %s", ids[~keep].tolist())
         members = tuple(np.flatnonzero(labels == c) for c in ids[keep])
@@ -328,7 +342,8 @@ def run_align(
     fixed = fixed_sample(samples, seed)
     key = jax.random.key(seed)
     checkpoints = StageCheckpoints(workdir / "align")
-    start, position = 0, {"history": [], "distance_before": None, "data": None}
+    # `seconds`: the stage's time in earlier attempts, up to the checkpoint this one resumed from.
+    start, position = 0, {"history": [], "distance_before": None, "data": None, "seconds": 0.0}
     restored = checkpoints.restore({"embedder": embedder, "opt_state": opt_state})
     if restored is not None:
         start, state, position = restored
@@ -337,7 +352,7 @@ def run_align(
     history = position["history"]
     if position["distance_before"] is None:
         position["distance_before"] = float(step.distance(embedder, rest, objective, fixed, weights, key))
-    t0 = time.perf_counter()
+    t0, earlier_seconds = time.perf_counter(), position.get("seconds", 0.0)  # absent in older checkpoints
     run_log = RunLog(workdir, "align")
     threads, prefetch = (data.threads, data.prefetch) if data is not None else (1, 2)
     inputs = iterate(samples, state=position["data"], threads=threads, prefetch=prefetch)
@@ -357,19 +372,19 @@ def run_align(
                     "Lower optimizer.learning_rate or align.lr_multiplier, or check the inputs."
                 )
             history.append({"epoch": epoch + 1, "distance": float(value), "lr": lr,
-                            "seconds": time.perf_counter() - t0})
+                            "seconds": earlier_seconds + time.perf_counter() - t0})
             run_log.write(history)
             bar.set_postfix(distance=f"{history[-1]['distance']:.4g}")
             stop = guard.should_stop(epoch)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or stop:
-                position["data"] = inputs.get_state()
+                position.update(data=inputs.get_state(), seconds=earlier_seconds + time.perf_counter() - t0)
                 checkpoints.save(epoch + 1, {"embedder": embedder, "opt_state": opt_state}, position)
             if stop and epoch + 1 < config.epochs:
                 checkpoints.wait()
                 raise guard.stopped("align", f"after epoch {epoch + 1}")
     checkpoints.wait()
     run_log.close()
-    seconds = time.perf_counter() - t0
+    seconds = earlier_seconds + time.perf_counter() - t0
     after = float(step.distance(embedder, rest, objective, fixed, weights, key))
     nnx.update(model, embedder)
     result = AlignResult(position["distance_before"], after, history, seconds)

@@ -18,6 +18,9 @@
   restarted run resumes from the newest checkpoint that restores and ends where an uninterrupted run ends, because
   shuffling, augmentation and dropout depend only on (seed, epoch, step). A non-finite training loss stops the run at
   once, naming the epoch and step, with the last good checkpoint kept.
+- A search stops poor runs early: `on_epoch(epoch, val)` (an `EpochHook`) sees each epoch's validation metric once
+  the epoch is checkpointed, and a reason it returns ends the stage there, recorded in `RefineResult.stopped`; a
+  search also skips the test split (`test=False`), which it must not select on.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import dataclasses
 import io
 import logging
 import time
+from collections.abc import Callable
 
 import jax
 from jax.experimental.multihost_utils import process_allgather
@@ -59,17 +63,19 @@ log = logging.getLogger(__name__)
 
 REFINE_SELECTIONS = ("best", "last")  # refine.select: test with the best validation epoch's parameters, or the last's
 SMALL_VALIDATION = 50  # fewer validation examples than this: best-epoch selection on them is mostly noise
+EpochHook = Callable[[int, float], "str | None"]  # (epoch from 1, validation metric) -> why to stop now, or None
 
 
 @dataclasses.dataclass(frozen=True)
 class RefineResult:
     best_epoch: int
     best_val: float
-    test: float
+    test: float | None  # None: not evaluated (test=False)
     metric: str
     history: list[dict]
     seconds: float
     notes: list[str] = dataclasses.field(default_factory=list)
+    stopped: dict | None = None  # {"epoch", "reason"} when the epoch hook ended the stage early
 
 
 def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, objective: TaskObjective,
@@ -137,7 +143,8 @@ def evaluate(eval_step, params, frozen, split: Split, batch_size: int, metric: s
 
 def run_refine(
     model: nnx.Module, task: Task, objective: TaskObjective, config, *, mesh: Mesh, workdir: epath.PathLike,
-    preemption: PreemptionGuard | None = None, step_offset: int = 0,
+    preemption: PreemptionGuard | None = None, step_offset: int = 0, on_epoch: EpochHook | None = None,
+    test: bool = True,
 ) -> RefineResult:
     """Fine-tunes `model` in place (ending with the selected epoch's parameters) and evaluates it on the test split.
 
@@ -146,7 +153,8 @@ def run_refine(
     (default: a guard of its own) stops every process at one step after SIGTERM (or Ctrl-C); `step_offset` continues
     the step count of a stage that polled the same guard before (see `PreemptionGuard`). Writes
     `refine_metrics.jsonl` and TensorBoard scalars (one record per epoch), `refine/` (resumable checkpoints),
-    `test_outputs.npz` (the test split's outputs and targets) and, when selecting the best epoch, `refine_best/`.
+    `test_outputs.npz` (the test split's outputs and targets, unless `test=False`) and, when selecting the best
+    epoch, `refine_best/`. `on_epoch`: see the module docstring.
     """
     workdir = epath.Path(workdir)
     batch_size, seed, refine = config.batch_size, config.seed, config.refine
@@ -178,7 +186,9 @@ def run_refine(
     best_writer = TreeWriter(best_dir)
     # Where the run is, and what a restart needs to continue it exactly (a part-done epoch's losses, the input
     # iterator's state).
-    position = {"epoch": 0, "step": 0, "losses": [], "history": [], "best_epoch": 0, "best_val": None, "data": None}
+    # `seconds`: the stage's time in earlier attempts, up to the checkpoint this one resumed from.
+    position = {"epoch": 0, "step": 0, "losses": [], "history": [], "best_epoch": 0, "best_val": None, "data": None,
+                "seconds": 0.0}
     restored = checkpoints.restore({"params": params, "opt_state": opt_state})
     if restored is not None:
         _, state, position = restored
@@ -186,16 +196,18 @@ def run_refine(
         log.info("refine: resuming at epoch %d, step %d", position["epoch"] + 1, position["step"])
 
     def save(epoch: int, step: int, losses: list[float], data_state: dict) -> None:
-        position.update(epoch=epoch, step=step, losses=losses, data=data_state)
+        position.update(epoch=epoch, step=step, losses=losses, data=data_state,
+                        seconds=earlier_seconds + time.perf_counter() - t0)
         checkpoints.save(epoch * steps_per_epoch + step, {"params": params, "opt_state": opt_state}, position)
 
     key = jax.random.key(seed)
     run_log = RunLog(workdir, "refine")
-    t0 = time.perf_counter()
+    t0, earlier_seconds = time.perf_counter(), position.get("seconds", 0.0)  # absent in older checkpoints
     sign = 1.0 if objective.higher_is_better else -1.0
     data = config.data
     inputs = iterate(batches, state=position["data"], threads=data.threads, prefetch=data.prefetch,
                      workers=data.workers)
+    stopped = None
     with preemption or PreemptionGuard() as guard:
         for epoch in range(position["epoch"], refine.epochs):
             resuming = epoch == position["epoch"]
@@ -231,10 +243,10 @@ def run_refine(
                     stopping = True  # on an epoch's last step the epoch finishes: its checkpoint is the stop's
             steps_end = time.perf_counter()
             val = evaluate(eval_step, params, frozen, task.val, val_batch, objective.metric, mesh, data).result()
-            # seconds: since the stage (re)started; step_seconds: this epoch's training steps, the rest being
+            # seconds: the stage's, over its attempts; step_seconds: this epoch's training steps, the rest being
             # evaluation and bookkeeping.
             record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
-                      f"val_{objective.metric}": val, "seconds": time.perf_counter() - t0,
+                      f"val_{objective.metric}": val, "seconds": earlier_seconds + time.perf_counter() - t0,
                       "step_seconds": steps_end - epoch_start}
             position["history"].append(record)
             run_log.write(position["history"])
@@ -244,15 +256,20 @@ def run_refine(
                     best_writer.save(params)
             log.info("refine epoch %d: %s", epoch + 1, record)
             last = epoch + 1 == refine.epochs
-            if (epoch + 1) % refine.checkpoint_every == 0 or last or stopping:
+            reason = on_epoch(epoch + 1, val) if on_epoch is not None else None
+            if (epoch + 1) % refine.checkpoint_every == 0 or last or stopping or reason:
                 save(epoch + 1, 0, [], inputs.get_state())
+            if reason:
+                stopped = {"epoch": epoch + 1, "reason": reason}
+                log.info("refine: stopped after epoch %d: %s", epoch + 1, reason)
+                break
             if stopping and not last:
                 checkpoints.wait(), best_writer.wait()
                 raise guard.stopped("refine", f"at the end of epoch {epoch + 1}")
     checkpoints.wait()
     best_writer.wait()
     run_log.close()
-    seconds = time.perf_counter() - t0
+    seconds = earlier_seconds + time.perf_counter() - t0
     if refine.select not in REFINE_SELECTIONS:
         raise ValueError(f"refine.select={refine.select!r}; use one of {REFINE_SELECTIONS}.")
     if refine.select == "best":
@@ -264,13 +281,15 @@ def run_refine(
         else:
             params = best
     nnx.update(model, params)
+    if not test:
+        return RefineResult(position["best_epoch"], position["best_val"], None, objective.metric,
+                            position["history"], seconds, notes, stopped)
     outputs = evaluate(eval_step, params, frozen, task.test, test_batch, objective.metric, mesh, data)
-    test = outputs.result()
     # The test split's outputs (in the targets' units) next to its targets, for analysis beyond the one metric.
     test_outputs, test_targets, test_meta = outputs.arrays()
     buffer = io.BytesIO()
     np.savez(buffer, outputs=test_outputs, targets=test_targets,
              **{f"meta_{name}": values for name, values in test_meta.items()})
     write_file(workdir / "test_outputs.npz", buffer.getvalue())
-    return RefineResult(position["best_epoch"], position["best_val"], test, objective.metric, position["history"],
-                        seconds, notes)
+    return RefineResult(position["best_epoch"], position["best_val"], outputs.result(), objective.metric,
+                        position["history"], seconds, notes, stopped)

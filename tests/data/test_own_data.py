@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from orca_jax.data import load_task, task_from_arrays
-from orca_jax.data.tasks import DataError, Rows
+from orca_jax.data.tasks import DataError, Rows, class_notes
+from orca_jax.train.align import align_classes
 
 RNG = np.random.default_rng(0)
 
@@ -80,9 +81,32 @@ def test_misfits_are_named_before_any_model_is_built(x, y, kind, match):
         task_from_arrays(x, y, kind=kind)
 
 
-def test_empty_validation_split_and_bad_files(tmp_path):
-    with pytest.raises(ValueError, match="val split is empty; lower task.val_fraction"):
-        task_from_arrays(_seq(4), np.array([0, 1, 0, 1]), val_fraction=0.05)
+def test_split_sizes_and_labels_left_untrained_are_said_the_right_way_round():
+    four = np.array([0, 1, 0, 1])
+    with pytest.raises(DataError, match=r"task.val_fraction=0.05 of its 3 training examples \(of 4 in x; "
+                                        r"task.test_fraction=0.2 holds out 1 as test\) leaves 0 validation and 3 "
+                                        r"training examples; raise task.val_fraction to at least 0.34"):
+        task_from_arrays(_seq(4), four, val_fraction=0.05)
+    with pytest.raises(DataError, match="leaves 3 validation and 0 training examples; lower task.val_fraction"):
+        task_from_arrays(_seq(4), four, val_fraction=0.9)
+    small = task_from_arrays(_seq(4), four, val_fraction=0.5)  # 1 training example: refine can run, align cannot
+    with pytest.raises(DataError, match=r"align stage needs a class with at least two examples in the training "
+                                        r"split; it has 1.*--config.align.epochs=0 --config.align.objective=none"):
+        align_classes(small.train.y)
+    # Labels counted from 1, and a class only the test split has: trained, but said.
+    task = task_from_arrays(_seq(), np.arange(60) % 2 + 1, x_test=_seq(6), y_test=np.array([1, 2, 3, 3, 1, 2]))
+    assert task.num_classes == 4
+    assert class_notes(task) == [
+        "task 'arrays': classes [0] of the 4-class head have no example in any split (the labels hold 1..3), so "
+        "their outputs are never trained; re-index the labels to run from 0 (e.g. y - 1, or np.unique(y, "
+        "return_inverse=True)), unless task.num_classes sets them on purpose",
+        "task 'arrays': classes [3] have no training example (class 3: 2 in test), so the model never learns them "
+        "and is always wrong on them; give the training data (x, y) examples of them",
+    ]
+    assert class_notes(task_from_arrays(_seq(), np.arange(60) % 3)) == []
+
+
+def test_bad_files(tmp_path):
     with pytest.raises(DataError, match="no file or directory .*np.savez"):
         load_task(f"npz:{tmp_path / 'missing.npz'}")
     np.savez(tmp_path / "c.npz", inputs=_seq(), y=np.zeros(60, int))
