@@ -1,6 +1,7 @@
 """scripts/prepare_data.py without network: what to put where, wrong or cut files named with the fix, and the
 download path (fetch to a .part file, check, unpack, prepare) on file:// URLs standing in for the publishers."""
 
+import re
 import tarfile
 
 import numpy as np
@@ -68,6 +69,8 @@ def test_fetch_unpack_and_prepare_a_task_end_to_end(tmp_path, monkeypatch, capsy
     assert main(["cosmic", "--data_dir", str(data)]) == 0  # a second run finds everything in place
 
 
-def test_unknown_names_list_the_known_ones(tmp_path):
-    with pytest.raises(SystemExit, match="Unknown task 'ecgg'.*openml_1510.*benchmark"):
+def test_unknown_names_list_the_known_ones(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
         main(["ecgg", "--data_dir", str(tmp_path)])
+    assert exited.value.code == 2
+    assert re.search(r"Unknown task 'ecgg'.*openml_1510.*benchmark", capsys.readouterr().err)
