@@ -8,8 +8,8 @@
 `--config.<field>=<value>` overrides hold for every trial, as in scripts/train.py; the space (`orca_jax/tune/spaces.py`:
 default, nb360, pdebench, openml, or the inline form) is searched on top. Trials are runs in `DIR/trials/<n>/seed<k>`,
 selected on validation only; the best recipe and the config as given are then run on `--final-seeds` (a sweep in
-`DIR/final/`) and `DIR/tune.md` reports them with intervals, the search's history, parameter importances, per-epoch
-curves and its cost. The study lives in `DIR/study.db` (SQLite), or at `--storage`: an Optuna RDB URL
+`DIR/final/`, beside the simple baselines on the same splits unless --nobaselines) and `DIR/tune.md` reports them
+with intervals, the search's history, parameter importances, per-epoch curves and its cost. The study lives in `DIR/study.db` (SQLite), or at `--storage`: an Optuna RDB URL
 (`postgresql://user@host/db`) or a journal file path, which the same command on other machines shares
 (docs/scaling.md). `--workers=K` runs K worker processes, each on its share of the GPUs (CUDA_VISIBLE_DEVICES) or CPU
 cores (affinity). Rerunning the command continues the study: interrupted trials resume from their checkpoints,
@@ -43,6 +43,8 @@ _STORAGE = flags.DEFINE_string("storage", "", "The study's storage: an Optuna RD
 _PRUNER = flags.DEFINE_enum("pruner", "median", PRUNERS, "How poor trials are stopped early (none: never).")
 _TRIAL_SEEDS = flags.DEFINE_list("trial-seeds", [], "Seeds each trial's validation metric is averaged over "
                                  "(default: the config's seed).")
+_BASELINES = flags.DEFINE_boolean("baselines", True, "Also fit the simple baselines (orca_jax/baselines.py) on each "
+                                  "final seed's split, shown beside the recipes.")
 _FINAL_SEEDS = flags.DEFINE_list("final-seeds", ["1000", "1001", "1002"], "Fresh seeds of the final re-runs.")
 flags.mark_flags_as_required(["config", "trials", "workdir"])
 
@@ -89,7 +91,7 @@ def main(argv):
         if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
             raise RunError(f"no trial of the study finished; their errors are in {search.workdir}/trials and in the "
                            "study (optuna's user attribute 'error'). Fix the cause and rerun with a larger --trials.")
-        records = final_runs(search, study, final_seeds)
+        records = final_runs(search, study, final_seeds, baselines=_BASELINES.value)
         write_report(search, study, records, base_command(sys.argv), metric)
         print(f"results: {search.workdir}/tune.md")
         failed = any(r.status == "failed" for r in records)

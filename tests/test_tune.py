@@ -255,14 +255,16 @@ def test_report_of_a_study_with_a_pruned_and_a_failed_trial(tmp_path):
     assert [(r.variant, r.seed, r.status) for r in records] == [
         ("default", 7, "ran"), ("default", 8, "ran"), ("tuned", 7, "ran"), ("tuned", 8, "ran")]
     best = study.best_trial
+    records += [RunRecord("baseline: logistic_regression", seed, "ran", baseline=True, summary={"baseline": {
+        "name": "logistic_regression", "metric": "accuracy", "best_val_accuracy": 0.6, "test_accuracy": test}})
+        for seed, test in ((7, 0.3), (8, 0.5))]
     text = write_report(search, study, records, "python scripts/train.py --config=configs/own_data.py:smoke",
-                        "accuracy", baselines=[{"name": "logistic regression", "test_mean": 0.4, "test_ci_low": 0.3,
-                                                "test_ci_high": 0.5, "test_n": 2}])
+                        "accuracy")
     line = command_line("python scripts/train.py --config=configs/own_data.py:smoke", best.params)
     assert line in text and f"--config.refine.finetune_method={best.params['refine.finetune_method']}" in line
     tuned_test = 0.5 + best.params["optimizer.learning_rate"]
     assert f"| tuned (the chosen recipe) | 2 | 0 | {tuned_test:.4g} [{tuned_test:.4g}, {tuned_test:.4g}]" in text
-    assert "| logistic regression | 2 | 0 | 0.4 [0.3, 0.5] | – |" in text
+    assert "| baseline: logistic_regression | 2 | 0 | 0.4 [-0.8706, 1.671] | 0.6 [0.6, 0.6] |" in text
     assert f"Pruning saved {config.refine.epochs - 1} trial-epochs" in text
     assert "| 3 | pruned: pruned by PruneAt after epoch 1 |" in text
     assert "| 2 | failed: RuntimeError: stub failure | – | 0 |" in text

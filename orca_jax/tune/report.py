@@ -9,7 +9,6 @@ report means with Student-t intervals like every sweep.
 
 from __future__ import annotations
 
-import math
 import shlex
 from collections.abc import Sequence
 
@@ -27,9 +26,12 @@ STATES = {State.COMPLETE: "finished", State.PRUNED: "pruned", State.FAIL: "faile
           State.WAITING: "waiting"}
 
 
-def final_runs(search: Search, study: optuna.Study, seeds: Sequence[int], run_fn=run) -> list[RunRecord]:
+def final_runs(search: Search, study: optuna.Study, seeds: Sequence[int], run_fn=run,
+               baselines: bool = False) -> list[RunRecord]:
+    """The config as given and the chosen recipe on `seeds` (a sweep in `DIR/final`), with `baselines` also the
+    simple baselines fitted on each seed's split."""
     variants = (Variant("default", {}), Variant("tuned", dict(study.best_trial.params)))
-    return run_sweep(search.config, variants, seeds, search.root / "final", run_fn=run_fn)
+    return run_sweep(search.config, variants, seeds, search.root / "final", run_fn=run_fn, baselines=baselines)
 
 
 def command_line(base_command: str, params: dict) -> str:
@@ -120,11 +122,10 @@ def importances(study: optuna.Study) -> dict | str:
         return str(error)
 
 
-def write_report(search: Search, study: optuna.Study, records: Sequence[RunRecord], base_command: str, metric: str,
-                 baselines: Sequence[dict] = ()) -> str:
-    """`DIR/tune.md` and its PNGs; returns the markdown. `baselines`: rows of other methods on the same split
-    (`name`, and `test_mean`, `test_ci_low`, `test_ci_high`, `test_n` as `sweep.aggregate` gives them), shown
-    beside the two recipes."""
+def write_report(search: Search, study: optuna.Study, records: Sequence[RunRecord], base_command: str,
+                 metric: str) -> str:
+    """`DIR/tune.md` and its PNGs; returns the markdown. The baselines among `records` (`final_runs(...,
+    baselines=True)`) are shown beside the two recipes."""
     root = search.root
     trials = study.get_trials(deepcopy=False)
     states = {s: sum(t.state == s for t in trials) for s in (State.COMPLETE, State.PRUNED, State.FAIL)}
@@ -147,13 +148,10 @@ def write_report(search: Search, study: optuna.Study, records: Sequence[RunRecor
          "the runs:"), "",
         "| recipe | runs | failed | test | best validation |", "|---|---|---|---|---|",
     ]
-    for name, label in (("tuned", "tuned (the chosen recipe)"), ("default", "default (the config as given)")):
-        row = rows[name]
+    labelled = [(rows["tuned"], "tuned (the chosen recipe)"), (rows["default"], "default (the config as given)")]
+    labelled += [(row, row["variant"]) for row in rows.values() if row["baseline"]]
+    for row, label in labelled:
         lines.append(f"| {label} | {row['runs']} | {row['failed']} | {_cell(row, 'test')} | {_cell(row, 'best_val')} |")
-    for row in baselines:
-        low, high = row["test_ci_low"], row["test_ci_high"]
-        interval = f" [{_fmt(low)}, {_fmt(high)}]" if low is not None and math.isfinite(low) else ""
-        lines.append(f"| {row['name']} | {row['test_n']} | 0 | {_fmt(row['test_mean'])}{interval} | – |")
     lines += [
         "", "## Cost", "",
         (f"Trials: {spend['device_hours']:.3g} device-hours (a device: a worker's GPU or CPU core), "
