@@ -102,6 +102,8 @@ def absl_cases(d):
             (["--config=configs/demo.py", "--trials=2", "--trial-seeds=1,2", "--final-seeds=2,3", w],
              "must be seeds no trial used"),
             (["--config=configs/demo.py", "--trials=2", "--space=bs=8|x", w], "'x' is not an int"),
+            (["--config=configs/demo.py", "--trials=2", "--storage=postgresql://nobody@127.0.0.1:1/none", w],
+             "--storage=postgresql://nobody@127.0.0.1:1/none: "),  # no driver, or no server: both the user's to fix
         ],
         "scripts/select_body.py": [
             ([], "Flag --config must have a value other than None"),
@@ -117,6 +119,7 @@ def test_absl_entry_points_exit_2_with_the_message_alone(files):
         assert done.returncode == 0, done.stderr[-3000:]
         for (argv, said), (code, output) in zip(cases, json.loads(done.stdout.splitlines()[-1])):
             assert code == 2 and "Traceback" not in output and said in output, (script, argv, code, output)
+    assert not (files / "w" / "tune.json").exists()  # a refused storage does not become the directory's search
 
 
 def test_argparse_entry_points_exit_2_with_the_message_alone(files, capsys):

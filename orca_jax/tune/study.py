@@ -108,7 +108,19 @@ def open_storage(search: Search) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
     # SQLite serialises writers: a worker waits for the file instead of failing while another one writes.
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    except ImportError as error:
+        # SQLAlchemy 2 reads postgresql:// as psycopg 3, not the psycopg2 that older guides name.
+        missing = getattr(error.__cause__ or error.__context__, "name", None) or "the database's driver"
+        raise ConfigError([f"--storage={url}: SQLAlchemy cannot import {missing}, the driver for this URL. Install "
+                           "it on every machine of the search (PostgreSQL: pip install 'psycopg[binary]'), or name "
+                           "the driver you have in the URL (postgresql+psycopg2://...)."]) from None
+    except Exception as error:  # sqlalchemy's OperationalError and kin: no server, wrong password, no database
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError([f"--storage={url}: cannot open the study's database ({first}). Check that the server "
+                           "runs and the URL's user, password, host, port and database (docs/scaling.md says how "
+                           "to start one)."]) from None
 
 
 def open_study(search: Search, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
@@ -139,7 +151,9 @@ def prepare(search: Search) -> None:
         if differ:
             raise ConfigError([f"{search.workdir} holds a search with other {', '.join(differ)}; rerun it with the "
                                "same settings to continue it (--trials may change), or choose another --workdir."])
-    else:  # not write_file: that asks JAX for the process index, which would start its backends (and take the GPUs
+    else:
+        open_study(search)  # a storage that cannot be opened is refused before it is recorded as this search's
+        # not write_file: that asks JAX for the process index, which would start its backends (and take the GPUs
         # the workers are about to be given) in this process
         path.write_text(json.dumps(record, indent=2))
 
