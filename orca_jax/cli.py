@@ -123,6 +123,17 @@ def parse_flags(argv: list[str]) -> list[str]:
     return rest
 
 
+def seeds_flag(values: list[str], flag: str) -> tuple[int, ...]:
+    """The integers of a comma-separated seeds flag (`--flag`), refused as a user error when not distinct integers."""
+    try:
+        seeds = tuple(int(v) for v in values)
+    except ValueError:
+        raise ConfigError([f"--{flag}={','.join(values)}: give integer seeds, e.g. 0,1,2."]) from None
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError([f"--{flag}={','.join(values)}: the seeds must be distinct."])
+    return seeds
+
+
 def _usage(message: str) -> None:
     lines = [line for line in message.splitlines() if line.strip()]
     if any(line.lstrip().startswith("Traceback") for line in lines):  # config_flags quotes get_config's traceback

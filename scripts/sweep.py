@@ -21,7 +21,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from orca_jax.cli import run_app, run_command
+from orca_jax.cli import run_app, run_command, seeds_flag
 from orca_jax.config_checks import ConfigError
 from orca_jax.parallel import is_main_process
 from orca_jax.sweep import SWEEPS, run_sweep, select_variants
@@ -44,9 +44,9 @@ def main(argv):
         nonlocal failed
         try:
             variants = select_variants(SWEEPS[_SWEEP.value], _VARIANTS.value)
-            seeds = [int(s) for s in _SEEDS.value]
         except ValueError as error:
             raise ConfigError([str(error)]) from None
+        seeds = seeds_flag(_SEEDS.value, "seeds")
         records = run_sweep(_CONFIG.value, variants, seeds, _WORKDIR.value, baselines=_BASELINES.value)
         if is_main_process():
             print(f"results: {_WORKDIR.value}/results.md")

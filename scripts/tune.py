@@ -25,7 +25,7 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from orca_jax.cli import RunError, run_app, run_command
+from orca_jax.cli import RunError, run_app, run_command, seeds_flag
 from orca_jax.config_checks import ConfigError, check_config
 from orca_jax.tune import (PRUNERS, Search, final_runs, metric_direction, open_study, parse_space, prepare,
                            run_workers, write_report)
@@ -55,16 +55,6 @@ def base_command(argv: list[str]) -> str:
     return " ".join(["python scripts/train.py", *map(shlex.quote, kept)])
 
 
-def _seeds(values: list[str], flag: str) -> tuple[int, ...]:
-    try:
-        seeds = tuple(int(v) for v in values)
-    except ValueError:
-        raise ConfigError([f"--{flag}={','.join(values)}: give integer seeds, e.g. 0,1,2."]) from None
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError([f"--{flag}={','.join(values)}: the seeds must be distinct."])
-    return seeds
-
-
 def main(argv):
     del argv
     failed = False
@@ -77,8 +67,8 @@ def main(argv):
             space = parse_space(_SPACE.value, config)
         except ValueError as error:
             raise ConfigError([str(error)]) from None
-        trial_seeds = _seeds(_TRIAL_SEEDS.value, "trial-seeds") or (config.seed,)
-        final_seeds = _seeds(_FINAL_SEEDS.value, "final-seeds")
+        trial_seeds = seeds_flag(_TRIAL_SEEDS.value, "trial-seeds") or (config.seed,)
+        final_seeds = seeds_flag(_FINAL_SEEDS.value, "final-seeds")
         if not final_seeds or set(final_seeds) & set(trial_seeds):
             raise ConfigError([f"--final-seeds={','.join(_FINAL_SEEDS.value)} must be seeds no trial used (trial "
                                f"seeds: {', '.join(map(str, trial_seeds))}): the test comparison needs fresh ones."])

@@ -94,7 +94,7 @@ def absl_cases(d):
         "scripts/sweep.py": [
             ([], "Flag --config must have a value other than None"),
             (["--config=configs/demo.py", "--sweep=nope", w], "--sweep"),
-            (["--config=configs/demo.py", "--sweep=objectives", "--seeds=a", w], "invalid literal"),
+            (["--config=configs/demo.py", "--sweep=objectives", "--seeds=a", w], "--seeds=a: give integer seeds"),
         ],
         "scripts/tune.py": [
             (["--config=configs/demo.py", "--trials=2", "--space=lr=log:1e-3", w],

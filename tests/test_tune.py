@@ -252,15 +252,19 @@ def test_report_of_a_study_with_a_pruned_and_a_failed_trial(tmp_path):
     assert spent["epochs"] == sum(t.user_attrs["epochs"] for t in study.get_trials())
 
     records = final_runs(search, study, [7, 8], run_fn=StubRun())
-    assert [(r.variant, r.seed, r.status) for r in records] == [
-        ("default", 7, "ran"), ("default", 8, "ran"), ("tuned", 7, "ran"), ("tuned", 8, "ran")]
     best = study.best_trial
+    tuned = f"tuned-trial{best.number}"
+    assert [(r.variant, r.seed, r.status) for r in records] == [
+        ("default", 7, "ran"), ("default", 8, "ran"), (tuned, 7, "ran"), (tuned, 8, "ran")]
     records += [RunRecord("baseline: logistic_regression", seed, "ran", baseline=True, summary={"baseline": {
         "name": "logistic_regression", "metric": "accuracy", "best_val_accuracy": 0.6, "test_accuracy": test}})
         for seed, test in ((7, 0.3), (8, 0.5))]
     text = write_report(search, study, records, "python scripts/train.py --config=configs/own_data.py:smoke",
                         "accuracy")
     line = command_line("python scripts/train.py --config=configs/own_data.py:smoke", best.params)
+    fixed = "python scripts/train.py --config=configs/own_data.py:smoke --config.optimizer.learning_rate=1 --config.seed=3"
+    assert command_line(fixed, best.params).count("--config.optimizer.learning_rate=") == 1
+    assert "--config.seed=3" in command_line(fixed, best.params)
     assert line in text and f"--config.refine.finetune_method={best.params['refine.finetune_method']}" in line
     tuned_test = 0.5 + best.params["optimizer.learning_rate"]
     assert f"| tuned (the chosen recipe) | 2 | 0 | {tuned_test:.4g} [{tuned_test:.4g}, {tuned_test:.4g}]" in text
@@ -270,7 +274,16 @@ def test_report_of_a_study_with_a_pruned_and_a_failed_trial(tmp_path):
     assert "| 2 | failed: RuntimeError: stub failure | – | 0 |" in text
     for png in ("history.png", "curves.png"):
         assert (tmp_path / png).read_bytes().startswith(PNG)
-    assert (tmp_path / "tune.md").read_text() == text
+    assert (tmp_path / "tune.md").read_text() == text and "Not final" not in text
+
+    # Another machine's trial finishing after these re-runs began, better than the one re-run: the report says so,
+    # and the next final re-runs are the new best's, in their own workdirs (not refused as another experiment).
+    study.add_trial(optuna.trial.create_trial(params=best.params, distributions=best.distributions, value=2.0))
+    assert study.best_trial.number == 6
+    assert "**Not final:** trial 6, which finished after these re-runs began, is now the best" in write_report(
+        search, study, records, "python scripts/train.py", "accuracy")
+    again = final_runs(search, study, [7], run_fn=StubRun())
+    assert [(r.variant, r.status) for r in again] == [("default", "skipped"), ("tuned-trial6", "ran")]
 
 
 def test_a_continued_search_must_be_the_same_search(tmp_path):

@@ -30,13 +30,24 @@ def final_runs(search: Search, study: optuna.Study, seeds: Sequence[int], run_fn
                baselines: bool = False) -> list[RunRecord]:
     """The config as given and the chosen recipe on `seeds` (a sweep in `DIR/final`), with `baselines` also the
     simple baselines fitted on each seed's split."""
-    variants = (Variant("default", {}), Variant("tuned", dict(study.best_trial.params)))
+    variants = (Variant("default", {}), Variant(tuned_name(study), dict(study.best_trial.params)))
     return run_sweep(search.config, variants, seeds, search.root / "final", run_fn=run_fn, baselines=baselines)
 
 
+TUNED_PREFIX = "tuned-trial"
+
+
+def tuned_name(study: optuna.Study) -> str:
+    """The chosen recipe's variant, named by its trial: another machine's trial that finishes after this one's
+    final re-runs began may become the best, and its re-runs must then not meet the old recipe's workdirs."""
+    return f"{TUNED_PREFIX}{study.best_trial.number}"
+
+
 def command_line(base_command: str, params: dict) -> str:
-    """The training command of the chosen recipe: the search's own config and fixed overrides, then its values."""
-    return " ".join([base_command, *(shlex.quote(f"--config.{k}={v}") for k, v in params.items()),
+    """The training command of the chosen recipe: the search's own config and fixed overrides, then its values (a
+    fixed override of a searched field is left out: the line sets each field once)."""
+    kept = [a for a in shlex.split(base_command) if a.partition("=")[0].removeprefix("--config.") not in params]
+    return " ".join([*map(shlex.quote, kept), *(shlex.quote(f"--config.{k}={v}") for k, v in params.items()),
                      "--workdir=WORKDIR"])
 
 
@@ -91,10 +102,12 @@ def plot_curves(study: optuna.Study, metric: str) -> bytes:
         for t in study.get_trials(deepcopy=False):
             steps = sorted(t.intermediate_values)
             if steps:
-                ax.plot(steps, [t.intermediate_values[s] for s in steps], "--" if t.state == State.PRUNED else "-",
-                        linewidth=1, alpha=0.7)
+                pruned = t.state == State.PRUNED  # marked: a trial pruned after its first epoch is a point
+                ax.plot(steps, [t.intermediate_values[s] for s in steps], "--" if pruned else "-",
+                        marker="x" if pruned else None, linewidth=1, alpha=0.7)
         ax.set_xlabel("refine epoch"), ax.set_ylabel(f"validation {metric}")
-        ax.set_title("one line per trial; dashed: pruned", fontsize=9)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title("one line per trial; dashed, x: pruned", fontsize=9)
         return fig
 
     return figure_png(draw)
@@ -128,8 +141,15 @@ def write_report(search: Search, study: optuna.Study, records: Sequence[RunRecor
     baselines=True)`) are shown beside the two recipes."""
     root = search.root
     trials = study.get_trials(deepcopy=False)
-    states = {s: sum(t.state == s for t in trials) for s in (State.COMPLETE, State.PRUNED, State.FAIL)}
-    best = study.best_trial
+    states = {s: sum(t.state == s for t in trials) for s in (State.COMPLETE, State.PRUNED, State.FAIL, State.RUNNING)}
+    tuned = next(r.variant for r in records if r.variant.startswith(TUNED_PREFIX))
+    number = int(tuned.removeprefix(TUNED_PREFIX))
+    best = next(t for t in trials if t.number == number)  # the recipe re-run, which may no longer be the best
+    later = []
+    if study.best_trial.number != best.number:
+        later.append(f"trial {study.best_trial.number}, which finished after these re-runs began, is now the best")
+    if states[State.RUNNING]:
+        later.append(f"{states[State.RUNNING]} trial(s) are still running elsewhere")
     rows = {row["variant"]: row for row in aggregate(records)}
     spend = cost(trials)
     final_hours = sum(r.wall_seconds or 0.0 for r in records) / 3600
@@ -140,6 +160,8 @@ def write_report(search: Search, study: optuna.Study, records: Sequence[RunRecor
          f"{states[State.FAIL]} failed), {search.pruner} pruner, each trial's value the mean validation {phrase} "
          f"over seeds {', '.join(map(str, search.trial_seeds))}. Space:"), "",
         *[f"- {p.describe()}" for p in search.space], "",
+        *([f"**Not final:** {'; '.join(later)}. Rerun the same command when every trial is done: it re-runs the "
+           "recipe that is best then and reports it.", ""] if later else []),
         "## The chosen recipe", "",
         f"Trial {best.number}, validation {metric} {_fmt(best.value)}:", "",
         "```bash", command_line(base_command, best.params), "```", "",
@@ -148,7 +170,7 @@ def write_report(search: Search, study: optuna.Study, records: Sequence[RunRecor
          "the runs:"), "",
         "| recipe | runs | failed | test | best validation |", "|---|---|---|---|---|",
     ]
-    labelled = [(rows["tuned"], "tuned (the chosen recipe)"), (rows["default"], "default (the config as given)")]
+    labelled = [(rows[tuned], "tuned (the chosen recipe)"), (rows["default"], "default (the config as given)")]
     labelled += [(row, row["variant"]) for row in rows.values() if row["baseline"]]
     for row, label in labelled:
         lines.append(f"| {label} | {row['runs']} | {row['failed']} | {_cell(row, 'test')} | {_cell(row, 'best_val')} |")
