@@ -38,6 +38,7 @@ from jax.experimental import multihost_utils
 from ml_collections import ConfigDict
 
 from orca_jax.config import base_config
+from orca_jax.atomic import atomic_write
 from orca_jax.parallel import is_main_process
 
 log = logging.getLogger(__name__)
@@ -65,15 +66,8 @@ class WorkdirError(RuntimeError):
 
 def write_file(path: epath.PathLike, data: str | bytes) -> None:
     """Process 0 writes `data` to `path` atomically: readers see the old file or the new one, never a torn one."""
-    if not is_main_process():
-        return
-    path = epath.Path(path)
-    tmp = path.parent / f".{path.name}.tmp"
-    if isinstance(data, str):
-        tmp.write_text(data)
-    else:
-        tmp.write_bytes(data)
-    tmp.replace(path)
+    if is_main_process():
+        atomic_write(path, data)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -263,3 +263,17 @@ def test_a_disk_filling_under_the_background_writer_is_said_once_last(body, tmp_
     assert done.returncode == 1 and said[-1].startswith(f"error: The disk holding {tmp_path}/w is full"), said[-20:]
     assert "Traceback" not in done.stderr and "Event loop is closed" not in done.stderr, done.stderr[-3000:]
     assert sum("is full" in line for line in said) == 1
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    from orca_jax.atomic import atomic_path, atomic_write
+
+    target = tmp_path / "a" / "results.json"
+    atomic_write(target, "old")
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_path(target) as part:
+            part.write_text("half of the new")
+            raise OSError("disk full")
+    assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == ["results.json"]
+    atomic_write(target, b"new")
+    assert target.read_bytes() == b"new" and [p.name for p in target.parent.iterdir()] == ["results.json"]

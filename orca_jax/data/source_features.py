@@ -40,6 +40,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from orca_jax.atomic import atomic_path, atomic_write
 from orca_jax.data.source_set import OFFICIAL_SOURCE_SIZE, SourceSet
 from orca_jax.data.sources import SOURCES, load_source, source_spec
 from orca_jax.models.pretrained import load_checkpoint
@@ -212,20 +213,6 @@ def cache_paths(key: dict, cache_dir: str | os.PathLike | None = None) -> tuple[
     return directory / f"{stem}.npz", directory / f"{stem}.json"
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Writes through `write(file)` to a temporary sibling, then renames: readers see all of it or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _read_cache(key: dict, npz_path: Path, json_path: Path) -> SourceFeatures | None:
     """The cached entry, or None when there is none or it is damaged (then said, naming the file, and recomputed:
     a truncated or corrupt file must not fail every later run with this body and source)."""
@@ -258,8 +245,9 @@ def _write_cache(npz_path: Path, json_path: Path, features: np.ndarray, labels: 
     """Caches the entry; a cache directory that cannot be written (read-only, full) costs only the recomputation
     next time, so it is said and the run goes on."""
     try:
-        _atomic_write(npz_path, lambda f: np.savez(f, features=features, labels=labels))
-        _atomic_write(json_path, lambda f: f.write(json.dumps(metadata, indent=1).encode()))
+        with atomic_path(npz_path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, features=features, labels=labels)
+        atomic_write(json_path, json.dumps(metadata, indent=1))
     except OSError as error:
         log.warning("cannot write the source-feature cache in %s (%s); going on without caching (set "
                     "source.cache_dir to a writable directory to keep them)", npz_path.parent, error)

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from etils import epath
 
+from orca_jax.atomic import atomic_path
 from orca_jax.weights.checkpoint_files import _SAFETENSORS_DTYPES
 from orca_jax.weights.convert import KeyTable, Rule, WeightConversionError, conv_to_hwio, identity, transpose
 
@@ -172,11 +173,8 @@ def write_safetensors(path: epath.PathLike, tensors: Mapping[str, np.ndarray],
     header["__metadata__"] = {"format": "pt", **(metadata or {})}
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
-    path = epath.Path(path)
-    tmp = path.parent / f".{path.name}.tmp"
-    with tmp.open("wb") as file:
+    with atomic_path(path) as tmp, tmp.open("wb") as file:
         file.write(struct.pack("<Q", len(encoded)))
         file.write(encoded)
         for array in arrays.values():
             file.write(array.tobytes())
-    tmp.replace(path)

@@ -138,10 +138,10 @@ def test_a_damaged_cache_entry_is_recomputed_and_replaced_and_a_read_only_cache_
         assert load_or_compute(path, "digits", size=10, seed=0, cache_dir=cache, progress=False).from_cache, name
     read_only = tmp_path / "read_only"
 
-    def refused(path, write):  # what a read-only directory does (chmod alone does not stop root, who runs CI)
+    def refused(path):  # what a read-only directory does (chmod alone does not stop root, who runs CI)
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(source_features, "_atomic_write", refused)
+    monkeypatch.setattr(source_features, "atomic_path", refused)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="orca_jax"):
         result = load_or_compute(path, "digits", size=10, seed=0, cache_dir=read_only, progress=False)

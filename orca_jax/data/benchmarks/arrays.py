@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from orca_jax.atomic import atomic_path
+
 
 class LazyArray:
     """Base of the readers: subclasses set `shape` and `dtype` and read a sorted array of distinct rows."""
@@ -166,11 +168,8 @@ def npz_arrays(path: Path, cache_dir: Path) -> dict[str, np.ndarray]:
                 continue
             target = cache_dir / f"{key}.npy"
             if not target.is_file():
-                cache_dir.mkdir(parents=True, exist_ok=True)
-                partial = target.with_suffix(".npy.part")
-                with archive.open(info) as source, open(partial, "wb") as sink:
+                with atomic_path(target) as partial, archive.open(info) as source, open(partial, "wb") as sink:
                     while chunk := source.read(1 << 24):
                         sink.write(chunk)
-                partial.rename(target)
             arrays[key] = npy_memmap(target)
     return arrays

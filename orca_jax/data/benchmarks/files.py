@@ -17,6 +17,8 @@ import os
 import shutil
 from pathlib import Path
 
+from orca_jax.atomic import atomic_path
+
 ENV_VAR = "ORCA_JAX_DATA"
 
 
@@ -136,14 +138,12 @@ def download(remote: Remote, path: Path, *, timeout: float = 60.0) -> None:
     interrupted download never looks finished."""
     import urllib.request
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    with urllib.request.urlopen(remote.url, timeout=timeout) as response, open(partial, "wb") as sink:
-        expected = response.headers.get("Content-Length")
-        shutil.copyfileobj(response, sink, 1 << 24)
-    if expected is not None and partial.stat().st_size != int(expected):
-        raise OSError(f"{remote.url}: received {partial.stat().st_size} of {expected} bytes")
-    partial.rename(path)
+    with atomic_path(path) as partial:
+        with urllib.request.urlopen(remote.url, timeout=timeout) as response, open(partial, "wb") as sink:
+            expected = response.headers.get("Content-Length")
+            shutil.copyfileobj(response, sink, 1 << 24)
+        if expected is not None and os.path.getsize(partial) != int(expected):
+            raise OSError(f"{remote.url}: received {os.path.getsize(partial)} of {expected} bytes")
 
 
 def unpack(path: Path) -> None:

@@ -23,12 +23,12 @@ split is evaluated once.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import gzip
 import json
 import logging
-import os
 import pickle
 import tarfile
 import zipfile
@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from orca_jax.atomic import atomic_path
 from orca_jax.data.benchmarks.arrays import Concat, Mapped, PerExample, npy_memmap, npz_arrays
 from orca_jax.data.benchmarks.files import MissingFile, corrupt, data_root, require
 from orca_jax.data.image_sources import augment
@@ -447,22 +448,25 @@ def prepare_cosmic(data_dir=None) -> None:
         out = root / "prepared"
         out.mkdir(parents=True, exist_ok=True)
         shape = (len(files), COSMIC_CROP, COSMIC_CROP)
-        arrays = {name: np.lib.format.open_memmap(out / f"{split}_{name}.npy.part", "w+", dtype, shape)
-                  for name, dtype in (("image", np.float32), ("cr", np.uint8), ("ignore", np.uint8))}
-        sky = np.zeros(len(files), np.float32)
-        for i, path in enumerate(files):
-            data = np.load(path)
-            arrays["image"][i] = data[0][window, window]
-            arrays["cr"][i] = data[1][window, window]
-            arrays["ignore"][i] = data[2][window, window] if len(data) == 3 else 0
-            sky_file = path.parent / "sky.npy"
-            if sky_file.is_file():
-                sky[i] = np.load(sky_file)[int(path.name.split("_")[0]) - 1]
-        for name, array in arrays.items():
-            array.flush()
-            del array
-            os.replace(out / f"{split}_{name}.npy.part", out / f"{split}_{name}.npy")
-        np.save(out / f"{split}_sky.npy", sky)
+        with contextlib.ExitStack() as files_written:  # all of a split's arrays, or none
+            part = {name: files_written.enter_context(atomic_path(out / f"{split}_{name}.npy"))
+                    for name in ("image", "cr", "ignore", "sky")}
+            arrays = {name: np.lib.format.open_memmap(part[name], "w+", dtype, shape)
+                      for name, dtype in (("image", np.float32), ("cr", np.uint8), ("ignore", np.uint8))}
+            sky = np.zeros(len(files), np.float32)
+            for i, path in enumerate(files):
+                data = np.load(path)
+                arrays["image"][i] = data[0][window, window]
+                arrays["cr"][i] = data[1][window, window]
+                arrays["ignore"][i] = data[2][window, window] if len(data) == 3 else 0
+                sky_file = path.parent / "sky.npy"
+                if sky_file.is_file():
+                    sky[i] = np.load(sky_file)[int(path.name.split("_")[0]) - 1]
+            for array in arrays.values():
+                array.flush()
+            del arrays
+            with open(part["sky"], "wb") as f:
+                np.save(f, sky)
 
 
 def _cosmic_inputs(images: np.ndarray) -> np.ndarray:
@@ -586,15 +590,16 @@ def _manifest(root: Path, name: str, labels: dict[str, int]) -> tuple[list[str],
 def _write_features(out: Path, name: str, root: Path, files: list[str], clips: np.ndarray,
                     targets: np.ndarray) -> None:
     # Features [96, 101] plus the official zero column (F.pad(..., (0, 1))), 102 frames.
-    x = np.lib.format.open_memmap(out / f"{name}_x.npy.part", "w+", np.float32, (len(files), FSD_MELS, FSD_FRAMES + 1))
-    for i, file in enumerate(files):
-        x[i] = 0.0
-        x[i, :, :FSD_FRAMES] = log_mel(_read_wav(_resolve(root, file)))[:, :FSD_FRAMES]
-    x.flush()
-    del x
-    os.replace(out / f"{name}_x.npy.part", out / f"{name}_x.npy")
-    np.save(out / f"{name}_y.npy", targets)
-    np.save(out / f"{name}_clip.npy", clips)
+    with atomic_path(out / f"{name}_x.npy") as part:
+        x = np.lib.format.open_memmap(part, "w+", np.float32, (len(files), FSD_MELS, FSD_FRAMES + 1))
+        for i, file in enumerate(files):
+            x[i] = 0.0
+            x[i, :, :FSD_FRAMES] = log_mel(_read_wav(_resolve(root, file)))[:, :FSD_FRAMES]
+        x.flush()
+        del x
+    for suffix, array in (("y", targets), ("clip", clips)):
+        with atomic_path(out / f"{name}_{suffix}.npy") as part, open(part, "wb") as f:
+            np.save(f, array)
 
 
 def prepare_fsd50k(data_dir=None) -> None:
