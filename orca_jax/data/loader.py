@@ -18,7 +18,6 @@ batch. Inputs come out as float32; class ids as int32, other targets as float32.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import grain
@@ -53,15 +52,23 @@ class Batches:
         self.split, self.batch_size, self.epochs, self.seed = split, batch_size, epochs, seed
         self.rows, self.transform = rows, transform
         self.steps_per_epoch = math.ceil(len(split) / batch_size)
+        self._orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return self.epochs * self.steps_per_epoch
 
-    @functools.lru_cache(maxsize=2)
     def order(self, epoch: int) -> np.ndarray:
-        if self.seed is None:
-            return np.arange(len(self.split))
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
+        """The epoch's order of examples. The last two are kept on the instance (batches are read in order, a few
+        ahead, so across an epoch's end two are in use); an lru_cache on the method would keep every instance."""
+        order = self._orders.get(epoch)
+        if order is None:  # reader threads may get here at once: each computes the same order, none fails
+            order = (np.arange(len(self.split)) if self.seed is None
+                     else np.random.default_rng([self.seed, epoch]).permutation(len(self.split)))
+            kept = list(self._orders)
+            if len(kept) >= 2:
+                self._orders.pop(min(kept), None)
+            self._orders[epoch] = order
+        return order
 
     def __getitem__(self, k: int) -> dict[str, np.ndarray]:
         epoch, step = divmod(int(k), self.steps_per_epoch)
