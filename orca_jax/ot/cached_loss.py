@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from orca_jax.ot import label_distances as ld
+from orca_jax.ot.distance import value_and_grad
 from orca_jax.ot.otdd import (
     augmented_cost,
     check_features,
@@ -133,8 +134,9 @@ class OTDDLoss:
     def num_classes(self) -> int:
         return self.src_layout.num_classes
 
-    def value(self, tgt_x, mask=None, class_weights=None) -> jax.Array:
-        """The weighted sum of per-class OTDDs; differentiable w.r.t. ``tgt_x`` (and jit-able).
+    def value(self, tgt_x, mask=None, class_weights=None, *, key=None) -> jax.Array:
+        """The weighted sum of per-class OTDDs; differentiable w.r.t. ``tgt_x`` (and jit-able). Deterministic:
+        ``key`` (the `AlignDistance` call) is ignored.
 
         Under ``jit`` the inputs cannot be checked: NaN/inf on a real point make the value NaN (padding is
         ignored whatever it holds).
@@ -146,10 +148,10 @@ class OTDDLoss:
         per_class = jax.lax.map(lambda args: self._one_class(*args), (tgt_x, mask))
         return jnp.sum(class_weights * per_class)
 
-    def __call__(self, tgt_x, mask=None, class_weights=None) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, tgt_x, mask=None, class_weights=None, *, key=None) -> tuple[jax.Array, jax.Array]:
         """(value, d value / d tgt_x), compiled once per target batch shape."""
         tgt_x, mask, class_weights = self._checked(tgt_x, mask, class_weights)
-        return _value_and_grad(self, tgt_x, mask, class_weights)
+        return value_and_grad(self, tgt_x, mask, class_weights, None)
 
     def _checked(self, tgt_x, mask, class_weights):
         tgt_x, mask, class_weights = check_target_batch(tgt_x, mask, class_weights, self.src_x.shape[1])
@@ -215,7 +217,3 @@ def _build(src_x, layout, inner, settings, self_block):
     return OTDDLoss(src_x, centre, layout, w_ss, src_half_self, diameter, class_diameters, class_half_self,
                     class_means, class_covs, inner, settings)
 
-
-@jax.jit
-def _value_and_grad(loss: OTDDLoss, tgt_x, mask, class_weights):
-    return jax.value_and_grad(lambda x: loss.value(x, mask, class_weights))(tgt_x)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from orca_jax.ot.cached_loss import check_target_batch
+from orca_jax.ot.distance import require_key, value_and_grad
 from orca_jax.ot.otdd import check_features
 
 KERNEL_MUL = 2.0
@@ -44,12 +45,12 @@ class MMDLoss:
     def build(cls, src_x) -> "MMDLoss":
         return cls(check_features(src_x, "src_x"))
 
-    def value(self, tgt_x, mask=None, class_weights=None, *, key: jax.Array) -> jax.Array:
+    def value(self, tgt_x, mask=None, class_weights=None, *, key: jax.Array | None = None) -> jax.Array:
         """Differentiable w.r.t. ``tgt_x``; ``key`` draws the source samples (one independent draw per class).
 
         Under ``jit`` the inputs cannot be checked: NaN/inf on a real point make the value NaN."""
         tgt_x, mask, class_weights = check_target_batch(tgt_x, mask, class_weights, self.src_x.shape[1])
-        keys = jax.random.split(key, tgt_x.shape[0])
+        keys = jax.random.split(require_key(key, "MMD"), tgt_x.shape[0])
 
         def one(args):
             x, m, k = args
@@ -62,12 +63,8 @@ class MMDLoss:
         per_class = jax.lax.map(one, (tgt_x, mask, keys))
         return jnp.sum(class_weights * per_class)
 
-    def __call__(self, tgt_x, mask=None, class_weights=None, *, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, tgt_x, mask=None, class_weights=None, *,
+                 key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """(value, d value / d tgt_x), compiled once per target batch shape."""
         tgt_x, mask, class_weights = check_target_batch(tgt_x, mask, class_weights, self.src_x.shape[1])
-        return _value_and_grad(self, tgt_x, mask, class_weights, key)
-
-
-@jax.jit
-def _value_and_grad(loss: MMDLoss, tgt_x, mask, class_weights, key):
-    return jax.value_and_grad(lambda x: loss.value(x, mask, class_weights, key=key))(tgt_x)
+        return value_and_grad(self, tgt_x, mask, class_weights, require_key(key, "MMD"))

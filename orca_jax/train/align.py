@@ -35,8 +35,7 @@ from tqdm.auto import tqdm
 
 from orca_jax.data.loader import iterate
 from orca_jax.data.tasks import DataError
-from orca_jax.ot import MMDLoss, OTDDLoss
-from orca_jax.ot.l2 import L2Loss
+from orca_jax.ot import AlignDistance, L2Loss, MMDLoss, OTDDLoss
 from orca_jax.plotting import figure_png
 from orca_jax.parallel import (
     PreemptionGuard,
@@ -135,7 +134,7 @@ class ClassSamples:
 
 def build_objective(
     name: str, src_x: np.ndarray, src_y: np.ndarray, *, solver: str = "annealed", epsilon: float = 0.1
-) -> OTDDLoss | MMDLoss | None:
+) -> AlignDistance | None:
     """The distance to the fixed source set, with everything that depends on the source alone computed once."""
     if name == "otdd-exact":
         return OTDDLoss.build(src_x, src_y, inner="exact", epsilon=epsilon, solver=solver)
@@ -150,10 +149,8 @@ def build_objective(
     raise ValueError(f"align objective {name!r} is not one of {OBJECTIVES}.")
 
 
-def objective_value(objective, features, mask, weights, key) -> jax.Array:
-    if isinstance(objective, (MMDLoss, L2Loss)):  # both compare with a random source sample
-        return objective.value(features, mask, weights, key=key)
-    return objective.value(features, mask, weights)
+def objective_value(objective: AlignDistance, features, mask, weights, key) -> jax.Array:
+    return objective.value(features, mask, weights, key=key)
 
 
 class AlignStep:
