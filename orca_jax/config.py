@@ -65,7 +65,7 @@ def base_config() -> ConfigDict:
     c.align = ConfigDict(
         dict(
             epochs=60,  # optimizer steps (one per epoch over all target classes); 0 skips the stage
-            objective="otdd-exact",  # otdd-exact | otdd-gaussian | mmd
+            objective="otdd-exact",  # otdd-exact | otdd-gaussian | mmd | l2 | none (train/align.py OBJECTIVES)
             solver="annealed",  # annealed (official geomloss schedule) | converged
             epsilon=0.1,
             maxsamples=256,

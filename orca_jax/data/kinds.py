@@ -17,9 +17,6 @@ override (`task.loss`, `task.metric`, `task.class_weighting`). The pairings foll
 | dense_2d_binary | {0, 1} [N, H, W], meta `ignore` | dense 2D | BCE | pixel AUROC on scores (Cosmic) | k-means |
 | distance_map | floats [N, H, W], meta `length` | dense 2D | MSE | MAE₈ per protein length (PSICOV) | k-means |
 | multilabel_clip_map | {0, 1} [N, labels], meta `clip` | linear | BCE (`pos_weight`) | clip-level mAP (FSD50K) | k-means |
-| dense_2d_binary | {0, 1} floats [N, H, W] | dense 2D | BCE | pixel AUROC on scores (Cosmic) | k-means |
-| distance_map | floats [N, H, W] | dense 2D | MSE | MAE8, each protein's own length (PSICOV) | k-means |
-| multilabel_clip_map | {0, 1} [N, labels] | linear | BCE (`pos_weight`) | clip-level mAP (FSD50K) | k-means |
 
 Metrics are reported as they are named (accuracy, R², AUROC), not as the official code's "1 − x" errors; the
 metric's direction for model selection is in `orca_jax.train.metrics.METRICS`. "Align labels" are what the align
