@@ -4,11 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-import transformers
 
 from orca_jax.config import load_config_file
 from orca_jax.pipeline import run
+from tests.image_checkpoints import TWO_STAGES, save_tiny_swin
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,10 +18,7 @@ def load_config(name, variant="smoke"):
 
 @pytest.mark.slow
 def test_digits_smoke_runs_the_2d_path_on_a_tiny_swin(tmp_path):
-    config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
-                                     window_size=4)
-    torch.manual_seed(0)
-    transformers.SwinModel(config).save_pretrained(tmp_path / "swin")
+    save_tiny_swin(tmp_path / "swin", **TWO_STAGES)
     config = load_config("digits")
     config.body.checkpoint = str(tmp_path / "swin")
     config.source.cache_dir = str(tmp_path / "cache")

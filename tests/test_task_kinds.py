@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import transformers
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, r2_score, roc_auc_score
 
 from orca_jax.config import load_config_file
 from orca_jax.data import task_from_arrays
 from orca_jax.pipeline import run
+from tests.image_checkpoints import save_tiny_swin
 from tests.inference_checks import MODES, check_the_runs_model
 from tests.text_checkpoints import save_tiny_text_model
 
@@ -23,10 +22,7 @@ N = 96
 @pytest.fixture(scope="module")
 def bodies(tmp_path_factory):
     root = tmp_path_factory.mktemp("bodies")
-    config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1], num_heads=[2],
-                                     window_size=4)
-    torch.manual_seed(0)
-    transformers.SwinModel(config).save_pretrained(root / "swin")
+    save_tiny_swin(root / "swin")
     # One source-feature cache for the module: each body's features are computed once, not once per kind.
     return {"text": save_tiny_text_model("roberta", root / "text", tokenizer=True), "image": root / "swin",
             "cache": root / "source_features"}

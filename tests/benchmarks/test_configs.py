@@ -23,6 +23,7 @@ from orca_jax.train.finetune import make_finetune_optimizer, trainable_filter
 from orca_jax.train.objective import make_objective
 from orca_jax.train.refine import make_steps
 from tests.benchmarks.published import REAL_SHAPES
+from tests.image_checkpoints import save_tiny_swin
 
 ROOT = Path(__file__).resolve().parents[2]
 SWIN = "microsoft/swin-base-patch4-window7-224-in22k"
@@ -159,8 +160,7 @@ def bodies(tmp_path_factory):
     transformers.RobertaModel(transformers.RobertaConfig(
         hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50,
         max_position_embeddings=514, type_vocab_size=1, pad_token_id=1)).save_pretrained(root / "text")
-    transformers.SwinModel(transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1],
-                                                   num_heads=[2], window_size=4)).save_pretrained(root / "swin")
+    save_tiny_swin(root / "swin")
     return {"roberta-base": root / "text", SWIN: root / "swin"}
 
 

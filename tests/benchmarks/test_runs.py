@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from orca_jax.config import load_config_file
 from orca_jax.data.benchmarks import nb360
 from orca_jax.pipeline import run
 from tests.benchmarks import published
 from tests.benchmarks.test_metrics import official_psicov_loops
+from tests.image_checkpoints import save_tiny_swin
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,8 +25,7 @@ def test_psicov_smoke_config_aligns_and_refines_from_published_files(tmp_path, m
     per-protein reads, clipped MSE, and per-example metadata reaching the metric (MAE8 with each protein's length).
     Every config's own model and steps: tests/benchmarks/test_configs.py."""
     torch.manual_seed(0)
-    transformers.SwinModel(transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1],
-                                                   num_heads=[2], window_size=4)).save_pretrained(tmp_path / "swin")
+    save_tiny_swin(tmp_path / "swin")
     monkeypatch.setattr(nb360, "PSICOV_WINDOW", 64)  # the official 512 x 512 x 57 window is 60 MB an example
     published.write_psicov(tmp_path / "data", {"deepcov": [40 + i for i in range(20)], "psicov": [45, 50]})
     config = load_config_file(ROOT / "configs" / "nb360.py", "psicov,smoke")

@@ -13,6 +13,7 @@ import transformers
 from orca_jax.data import load_or_compute, load_source, mean_squared_pairwise_distance, text_features
 from orca_jax.data import image_features, source_features
 from orca_jax.models import load_checkpoint
+from tests.image_checkpoints import TWO_STAGES, tiny_swin_config
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +24,7 @@ def minilm_path():
 
 def _tiny_swin(directory, embed_dim=16, seed=0):
     torch.manual_seed(seed)
-    config = transformers.SwinConfig(
-        image_size=32, patch_size=4, num_channels=3, embed_dim=embed_dim, depths=[1, 1], num_heads=[2, 2],
-        window_size=4,
-    )
-    model = transformers.SwinModel(config).eval()
+    model = transformers.SwinModel(tiny_swin_config(embed_dim=embed_dim, **TWO_STAGES)).eval()
     with torch.no_grad():  # non-trivial layer norm, so the test sees it
         model.embeddings.norm.weight.uniform_(0.5, 1.5)
         model.embeddings.norm.bias.uniform_(-0.5, 0.5)

@@ -10,7 +10,7 @@ from orca_jax.models import TextEncoder, TextEncoderConfig
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder, stacking_factor, tile_channels
 from orca_jax.models.heads import ClassificationHead
 from orca_jax.models.orca import OrcaModel
-from orca_jax.models.swin import Swin, SwinConfig
+from tests.image_checkpoints import TWO_STAGES, tiny_swin
 
 
 def text_body(width=16, positions=40, roberta=True):
@@ -94,8 +94,7 @@ def test_channels_first_input_is_rejected_with_the_fix():
 
 
 def swin_body():
-    config = SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(2, 2), window_size=4)
-    return Swin(config, rngs=nnx.Rngs(0))
+    return tiny_swin(embed_dim=8, **TWO_STAGES)
 
 
 def test_tile_channels_repeats_rgb_then_cuts():

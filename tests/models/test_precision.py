@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import transformers
 from flax import nnx
 
 from orca_jax.models import from_pretrained
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
 from orca_jax.models.heads import ClassificationHead, ImageDenseHead
 from orca_jax.models.orca import OrcaModel
+from tests.image_checkpoints import save_tiny_swin
 from tests.text_checkpoints import save_tiny_text_model
 
 BF16, F32 = jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)
@@ -62,11 +62,8 @@ def roberta(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def swin(tmp_path_factory):
-    config = transformers.SwinConfig(image_size=32, patch_size=2, embed_dim=16, depths=[2, 1], num_heads=[2, 4],
-                                     window_size=4)
-    directory = tmp_path_factory.mktemp("swin")
-    transformers.SwinModel(config).save_pretrained(directory)
-    return directory
+    # Two blocks and two stages at a 16 x 16 grid: shifted windows and a patch merge in bfloat16.
+    return save_tiny_swin(tmp_path_factory.mktemp("swin"), patch_size=2, depths=(2, 1), num_heads=(2, 4))
 
 
 def test_text_mixed_precision_keeps_float32_weights_and_computes_in_bfloat16(roberta):

@@ -16,6 +16,7 @@ from orca_jax.models.heads import ClassificationHead
 from orca_jax.models.orca import OrcaModel
 from orca_jax.parallel import make_mesh
 from orca_jax.train.align import ClassSampler, load_aligned_embedder, run_align
+from tests.image_checkpoints import save_tiny_swin
 from tests.text_checkpoints import save_tiny_text_model
 
 OPTIMIZER = ConfigDict(dict(name="adamw", learning_rate=1e-3, weight_decay=0.0, momentum=0.9, b1=0.9, b2=0.98,
@@ -119,15 +120,9 @@ def test_interrupted_align_resumes_to_the_same_result(body_dir, task, tmp_path):
 
 
 def _swin_model(tmp_path):
-    import torch
-    import transformers
-
     from orca_jax.models.embedders import ImageEmbedder
 
-    config = transformers.SwinConfig(image_size=224, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 1],
-                                     window_size=7)
-    torch.manual_seed(0)
-    transformers.SwinModel(config).save_pretrained(tmp_path / "swin")
+    save_tiny_swin(tmp_path / "swin", image_size=224, embed_dim=8, depths=(1, 1), num_heads=(1, 1), window_size=7)
     body = from_pretrained(tmp_path / "swin")
     rngs = nnx.Rngs(0)
     return OrcaModel(ImageEmbedder.from_body(body, 3, rngs=rngs), body, ClassificationHead(16, 3, rngs=rngs))

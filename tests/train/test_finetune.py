@@ -15,7 +15,6 @@ from ml_collections import ConfigDict
 from orca_jax.models import TextEncoder, TextEncoderConfig
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
 from orca_jax.models.orca import OrcaModel
-from orca_jax.models.swin import Swin, SwinConfig
 from orca_jax.train.finetune import (
     FINETUNE_MODES,
     is_trainable,
@@ -23,6 +22,7 @@ from orca_jax.train.finetune import (
     trainable_filter,
     trainable_mask,
 )
+from tests.image_checkpoints import TWO_STAGES, tiny_swin
 
 
 def optimizer_config(name, learning_rate, weight_decay, momentum=0.9):
@@ -147,8 +147,7 @@ def tiny_text_model():
 
 
 def tiny_swin_model():
-    config = SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=(1, 1), num_heads=(2, 2), window_size=4)
-    body, rngs = Swin(config, rngs=nnx.Rngs(0)), nnx.Rngs(1)
+    body, rngs = tiny_swin(embed_dim=8, **TWO_STAGES), nnx.Rngs(1)
     model = OrcaModel(ImageEmbedder.from_body(body, 1, rngs=rngs), body, TinyHead(16, rngs))
     return model, jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 1)), jnp.float32)
 
