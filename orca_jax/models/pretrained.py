@@ -19,10 +19,10 @@ import numpy as np
 from flax import nnx
 
 from orca_jax.models.swin import Swin, SwinConfig
+from orca_jax.models.swin_keys import swin_keys
 from orca_jax.models.text_encoder import TextEncoder, TextEncoderConfig
+from orca_jax.models.text_encoder_keys import BERT_FAMILY_KEYS
 from orca_jax.weights import KeyTable, load_into, read_config, read_tensors, resolve_checkpoint
-from orca_jax.weights.bert_family import BERT_FAMILY_KEYS
-from orca_jax.weights.swin_keys import swin_keys
 
 log = logging.getLogger(__name__)
 
