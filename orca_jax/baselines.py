@@ -36,7 +36,7 @@ from ml_collections import ConfigDict
 
 from orca_jax.config_checks import ConfigError
 from orca_jax.data.kinds import get_task_kind
-from orca_jax.data.tasks import Task
+from orca_jax.data.types import Task
 from orca_jax.train.metrics import MetricAccumulator, get_metric
 from orca_jax.train.objective import TaskObjective, linear_outputs, make_objective
 from orca_jax.workdir import WorkdirError, data_fingerprint, write_file

@@ -22,7 +22,7 @@ from absl import logging as absl_logging
 
 from orca_jax.config_checks import ConfigError
 from orca_jax.data.source_features import SourceFeaturesError, cache_root
-from orca_jax.data.tasks import DataError
+from orca_jax.data.types import DataError
 from orca_jax.inference.record import ModelError
 from orca_jax.parallel import INTERRUPTED_EXIT_CODE, initialize_distributed
 from orca_jax.weights import CheckpointFormatError, CheckpointNotFoundError, WeightConversionError

@@ -19,7 +19,8 @@ from orca_jax.config import DTYPES
 from orca_jax.config_checks import ConfigError, check_config
 from orca_jax.data.source_features import SourceFeaturesError, load_or_compute
 from orca_jax.data.kinds import get_task_kind
-from orca_jax.data.tasks import DataError, Task, check_task, class_notes, load_task
+from orca_jax.data.tasks import check_task, class_notes, load_task
+from orca_jax.data.types import DataError, Task
 from orca_jax.inference.record import write_task_record
 from orca_jax.models.pretrained import load_checkpoint
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder

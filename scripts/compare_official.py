@@ -60,7 +60,8 @@ from scipy import stats  # noqa: E402
 
 from orca_jax.config import base_config  # noqa: E402
 from orca_jax.data.source_features import load_or_compute  # noqa: E402
-from orca_jax.data.tasks import Split, Task, load_task, task_from_arrays  # noqa: E402
+from orca_jax.data.tasks import load_task, task_from_arrays  # noqa: E402
+from orca_jax.data.types import Split, Task  # noqa: E402
 from orca_jax.models.packaged import packaged_minilm  # noqa: E402
 from orca_jax.plotting import figure_png  # noqa: E402
 from orca_jax.sweep import t_interval  # noqa: E402

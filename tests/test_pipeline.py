@@ -37,7 +37,9 @@ def test_align_labels_are_pseudo_labels_for_tasks_without_classes():
 
     import numpy as np
 
-    from orca_jax.data.tasks import Split, load_task
+    from orca_jax.data.tasks import load_task
+
+    from orca_jax.data.types import Split
     from orca_jax.pipeline import align_labels
 
     task = load_task("mnist1d")

@@ -11,7 +11,8 @@ from orca_jax.data.source_features import (
 )
 from orca_jax.data.source_set import OFFICIAL_SOURCE_SIZE, SourceSet
 from orca_jax.data.sources import SOURCES, load_source
-from orca_jax.data.tasks import TASK_LOADERS, DataError, Split, Task, TaskData, check_task, load_task, task_from_arrays
+from orca_jax.data.tasks import TASK_LOADERS, check_task, load_task, task_from_arrays
+from orca_jax.data.types import DataError, Split, Task, TaskData
 
 import orca_jax.data.benchmarks  # noqa: E402,F401  (registers the benchmark tasks in TASK_LOADERS, lazily)
 

@@ -24,7 +24,7 @@ import grain
 from absl import flags
 import numpy as np
 
-from orca_jax.data.tasks import Split, Transform
+from orca_jax.data.types import Split, Transform
 
 
 def _as_targets(y: np.ndarray) -> np.ndarray:

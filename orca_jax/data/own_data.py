@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from orca_jax.data.tasks import LAYOUTS, DataError, Split, TaskData
+from orca_jax.data.types import LAYOUTS, DataError, Split, TaskData
 
 _NAMES = ("x", "y", "x_test", "y_test")
 

@@ -4,11 +4,7 @@ A `Task` holds three `Split`s, the input layout ("NLC": `[N, length, channels]` 
 `[N, height, width, channels]` images for Swin), its kind (`orca_jax.data.kinds`: the targets' meaning, which picks
 head, loss, metric and align labels) and, for class-valued kinds, the number of classes.
 
-Arrays: a split's `x` and `y` may be anything with `shape`, `dtype`, `len()` and indexing by an integer array of
-rows: NumPy arrays, memory-mapped arrays (`np.load(path, mmap_mode="r")`), or a lazy reader of files too large for
-memory (see `Rows`). Batches are read through those indices only (`orca_jax.data.loader`), so a task's size never
-decides whether it runs; inputs of any numeric dtype are cast to float32 per batch, class ids to int32, other
-targets to float32.
+The data types are in `orca_jax.data.types`.
 
 Where tasks come from (`load_task(name)`):
 - a registered loader (`TASK_LOADERS`): `mnist1d` (generated locally by the `mnist1d` package: 4,000 train, 1,000
@@ -25,7 +21,6 @@ relies on before any model is built.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import functools
 import logging
@@ -37,121 +32,17 @@ from typing import Any
 import numpy as np
 
 from orca_jax.data.kinds import TASK_KINDS, get_task_kind
+from orca_jax.data.own_data import load_npz, task_data_from_arrays
+from orca_jax.data.tfds_tasks import load_tfds_task
+from orca_jax.data.types import LAYOUTS, DataError, Split, Task, TaskData
 
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
-    """The task's data cannot be used as given (shape, dtype, label range, NaN, an empty split, an unknown name):
-    the message names the field, the bad value and the fix. Raised before any compilation; `scripts/train.py`
-    prints it without a traceback and exits with status 2."""
-
-
-LAYOUTS = {"NLC": 3, "NHWC": 4}  # layout -> rank of x, batch axis included
 _DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED = 0.2, 0
 HELD_OUT_TEST_SEED = 0  # the constant seed of test splits held out from data that ships none
 _FULL_CHECK_BYTES = 1 << 30  # arrays up to this size are checked for NaN/inf whole; larger ones on a sample
 _SAMPLE_ROWS, _SAMPLE_BYTES = 256, 1 << 28  # the sample: at most this many rows, and this many bytes
-
-
-class Rows:
-    """A lazy selection of rows of another array: indexing reads only the rows asked for, in ascending order (the
-    fast order for memory maps and chunked files). Holding a split of a 200 GB memory map costs its indices."""
-
-    def __init__(self, base: Any, index: np.ndarray):
-        self.base, self.index = base, np.asarray(index, np.int64)
-        self.shape = (len(self.index), *base.shape[1:])
-        self.dtype = base.dtype
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __getitem__(self, rows) -> np.ndarray:
-        wanted = self.index[rows]
-        if np.ndim(wanted) == 0:
-            return np.asarray(self.base[int(wanted)])
-        order = np.argsort(wanted, kind="stable")
-        values = np.asarray(self.base[wanted[order]])
-        out = np.empty_like(values)
-        out[order] = values
-        return out
-
-    def __array__(self, dtype=None, copy=None):
-        return np.asarray(self[np.arange(len(self))], dtype=dtype)
-
-
-def take_rows(array: Any, index: np.ndarray) -> Any:
-    """`array[index]`: a copy for arrays in memory (cheap, and faster to batch from), a lazy `Rows` for memory maps
-    and file readers, which must not be read whole."""
-    if type(array) is np.ndarray:
-        return array[index]
-    if isinstance(array, Rows):  # a selection of a selection reads the original rows
-        return Rows(array.base, array.index[index])
-    return Rows(array, index)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Split:
-    x: Any  # [N, *input_shape], channels last
-    y: Any  # [N, *target_shape]
-    # Per-example arrays [N] that a metric needs besides outputs and targets, passed to it by name (e.g. PSICOV's
-    # protein lengths, the clip each FSD50K chunk comes from).
-    meta: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self):
-        if len(self.x) != len(self.y):
-            raise DataError(f"Split has {len(self.x)} inputs but {len(self.y)} targets.")
-        for name, values in self.meta.items():
-            if len(values) != len(self.y):
-                raise DataError(f"Split meta {name!r} has {len(values)} entries for {len(self.y)} examples.")
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def take(self, index: np.ndarray) -> Split:
-        meta = {name: np.asarray(values)[index] for name, values in self.meta.items()}
-        return Split(take_rows(self.x, index), take_rows(self.y, index), meta)
-
-
-# A batch augmentation: (inputs [batch, ...] float32, generator) -> inputs of the same shape; training batches only.
-Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Task:
-    name: str
-    train: Split
-    val: Split
-    test: Split
-    layout: str  # "NLC" or "NHWC"
-    kind: str = "classification"  # a key of orca_jax.data.kinds.TASK_KINDS
-    num_classes: int | None = None  # class-valued kinds: classes; multi-label: labels; None for values
-    train_transform: Transform | None = None
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """The shape of one example, without the batch axis."""
-        return tuple(self.train.x.shape[1:])
-
-    @property
-    def target_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.y.shape[1:])
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class TaskData:
-    """What a loader returns: the training data (validation is carved from it), the test split, and defaults."""
-
-    train: Split
-    test: Split | None  # None: a test split is held out with HELD_OUT_TEST_SEED
-    layout: str
-    kind: str | None = None  # None: the user must say (`task.kind`)
-    num_classes: int | None = None  # None: inferred from the targets
-    train_transform: Transform | None = None
 
 
 def held_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -196,19 +87,17 @@ def _digits(data_dir: str | None = None) -> TaskData:
 TASK_LOADERS: dict[str, Callable[..., TaskData]] = {"mnist1d": _mnist1d, "digits": _digits}
 
 
+# scheme -> loader(path, data_dir) -> TaskData, for task names `scheme:PATH`.
+SCHEMES: dict[str, Callable[..., TaskData]] = {"npz": load_npz, "tfds": load_tfds_task}
+
+
 def scheme_loader(name: str) -> Callable[..., TaskData] | None:
     scheme, sep, _ = name.partition(":")
     if not sep:
         return None
-    if scheme == "npz":
-        from orca_jax.data.own_data import load_npz
-
-        return load_npz
-    if scheme == "tfds":
-        from orca_jax.data.tfds_tasks import load_tfds_task
-
-        return load_tfds_task
-    raise DataError(f"Unknown task scheme {scheme!r} in {name!r}; use npz:PATH or tfds:NAME.")
+    if scheme not in SCHEMES:
+        raise DataError(f"Unknown task scheme {scheme!r} in {name!r}; use npz:PATH or tfds:NAME.")
+    return SCHEMES[scheme]
 
 
 def load_task(
@@ -250,8 +139,6 @@ def task_from_arrays(
     num_classes: int | None = None,
 ) -> Task:
     """A task from arrays in memory (or memory-mapped), laid out as `npz:` files are (see `own_data`)."""
-    from orca_jax.data.own_data import task_data_from_arrays
-
     data = task_data_from_arrays(x, y, x_test, y_test, source=name)
     return _assemble(name, data, kind=kind, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                      train_size=train_size, num_classes=num_classes)

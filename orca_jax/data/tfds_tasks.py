@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from orca_jax.data.tasks import DataError, Split, TaskData
+from orca_jax.data.types import DataError, Split, TaskData
 
 
 class TfdsColumn:

@@ -16,7 +16,7 @@ import numpy as np
 
 from orca_jax.data.kinds import get_task_kind
 from orca_jax.data.own_data import read_archive
-from orca_jax.data.tasks import DataError
+from orca_jax.data.types import DataError
 from orca_jax.inference.record import TaskInfo
 
 _CHUNK_BYTES = 1 << 26  # finite-value checks read this much at a time (inputs may be memory-mapped)

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from orca_jax.config import base_config
 from orca_jax.data.kinds import get_task_kind
-from orca_jax.data.tasks import DataError, Split
+from orca_jax.data.types import DataError, Split
 from orca_jax.inference.inputs import check_inputs, check_targets
 from orca_jax.inference.record import ModelError, TaskInfo, read_task_record
 from orca_jax.models.orca import OrcaModel

@@ -34,7 +34,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from orca_jax.data.loader import iterate
-from orca_jax.data.tasks import DataError
+from orca_jax.data.types import DataError
 from orca_jax.ot import AlignDistance, L2Loss, MMDLoss, OTDDLoss
 from orca_jax.plotting import figure_png
 from orca_jax.parallel import (

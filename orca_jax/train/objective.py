@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from orca_jax.data.kinds import CLASS_WEIGHTINGS, TaskKind, get_task_kind
-from orca_jax.data.tasks import DataError, Task
+from orca_jax.data.types import DataError, Task
 from orca_jax.train.losses import get_loss
 from orca_jax.train.metrics import get_metric
 

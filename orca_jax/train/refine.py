@@ -41,7 +41,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from orca_jax.data.loader import Batches, iterate
-from orca_jax.data.tasks import Split, Task
+from orca_jax.data.types import Split, Task
 from orca_jax.parallel import (
     PreemptionGuard,
     batch_from_process_rows,

@@ -13,7 +13,6 @@ import shlex
 from collections.abc import Sequence
 
 import optuna
-from etils import epath
 
 from orca_jax.pipeline import run
 from orca_jax.plotting import figure_png

@@ -14,7 +14,7 @@ import transformers
 from flax import nnx
 
 from orca_jax.config import load_config_file
-from orca_jax.data.tasks import Split, Task
+from orca_jax.data.types import Split, Task
 from orca_jax.ot import MMDLoss
 from orca_jax.parallel import init_optimizer, make_mesh, replicated
 from orca_jax.pipeline import build_model

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from orca_jax.data.loader import Batches, iterate
-from orca_jax.data.tasks import Rows, Split
+from orca_jax.data.types import Rows, Split
 
 
 def _split(n=10):

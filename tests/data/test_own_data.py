@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from orca_jax.data import load_task, task_from_arrays
-from orca_jax.data.tasks import DataError, Rows, class_notes
+from orca_jax.data.tasks import class_notes
+from orca_jax.data.types import DataError, Rows
 from orca_jax.train.align import align_classes
 
 RNG = np.random.default_rng(0)

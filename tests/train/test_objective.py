@@ -9,7 +9,7 @@ import pytest
 
 from orca_jax.config import base_config
 from orca_jax.data import task_from_arrays
-from orca_jax.data.tasks import Split
+from orca_jax.data.types import Split
 from orca_jax.train.objective import make_objective
 
 RNG = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from orca_jax.config import base_config
-from orca_jax.data.tasks import Split, Task
+from orca_jax.data.types import Split, Task
 from orca_jax.train.objective import make_objective
 from orca_jax.models import from_pretrained
 from orca_jax.models.embedders import SequenceEmbedder

@@ -40,7 +40,7 @@ from orca_jax.atomic import atomic_path
 from orca_jax.data.benchmarks.arrays import Concat, Mapped, PerExample, npy_memmap, npz_arrays
 from orca_jax.data.benchmarks.files import MissingFile, corrupt, data_root, require
 from orca_jax.data.image_sources import augment
-from orca_jax.data.tasks import Split, TaskData
+from orca_jax.data.types import Split, TaskData
 
 log = logging.getLogger(__name__)
 

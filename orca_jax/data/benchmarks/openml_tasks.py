@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from orca_jax.data.benchmarks.files import MissingFile, data_root, prepare_command
-from orca_jax.data.tasks import Split, TaskData
+from orca_jax.data.types import Split, TaskData
 
 DATASET_IDS = (11, 12, 14, 15, 16, 18, 22, 23, 28, 29, 31, 37, 44, 48, 50, 54, 61, 187, 188, 458, 469, 882, 1049, 1050,
                1063, 1068, 1462, 1464, 1479, 1480, 1491, 1493, 1494, 1510, 1511, 6332, 23381, 40496, 40966, 40975,

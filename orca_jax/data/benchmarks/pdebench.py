@@ -34,7 +34,7 @@ import numpy as np
 
 from orca_jax.data.benchmarks.arrays import H5File, H5Rows
 from orca_jax.data.benchmarks.files import REMOTES, corrupt, require
-from orca_jax.data.tasks import Split, TaskData
+from orca_jax.data.types import Split, TaskData
 
 TEST_FRACTION = 0.1  # every PDEBench task holds out 10 % of the samples, first or last
 CFD_1D_FIELDS = ("density", "pressure", "Vx")
