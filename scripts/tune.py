@@ -5,17 +5,18 @@
     python scripts/tune.py --config=configs/demo.py:ablation --space='lr=log:1e-6:1e-3,bs=8|16|32' --trials=12 \\
         --workdir=DIR
 
-`--config.<field>=<value>` overrides hold for every trial, as in scripts/train.py; the space (`orca_jax/tune/spaces.py`:
-default, nb360, pdebench, openml, or the inline form) is searched on top. Trials are runs in `DIR/trials/<n>/seed<k>`,
-selected on validation only; the best recipe and the config as given are then run on `--final-seeds` (a sweep in
-`DIR/final/`, beside the simple baselines on the same splits unless --nobaselines) and `DIR/tune.md` reports them
-with intervals, the search's history, parameter importances, per-epoch curves and its cost. The study lives in `DIR/study.db` (SQLite), or at `--storage`: an Optuna RDB URL
-(`postgresql://user@host/db`) or a journal file path, which the same command on other machines shares
-(docs/scaling.md). `--workers=K` runs K worker processes, each on its share of the GPUs (CUDA_VISIBLE_DEVICES) or CPU
-cores (affinity). Rerunning the command continues the study: interrupted trials resume from their checkpoints,
-finished ones are kept, and `--trials` may grow. Exit status: 0 done; 1 no trial finished, or a final run failed; 2
-the search cannot start (a bad space, seeds, flag or config, or DIR holds another search); 75 stopped by SIGTERM,
-130 by Ctrl-C, after a checkpoint (rerun to resume).
+`--config.<field>=<value>` overrides hold for every trial, as in scripts/train.py; the space
+(`orca_jax/tune/spaces.py`: default, nb360, pdebench, openml, or the inline form) is searched on top. Trials are
+runs in `DIR/trials/<n>/seed<k>`, selected on validation only; the best recipe and the config as given are then run
+on `--final-seeds` (a sweep in `DIR/final/`, beside the simple baselines on the same splits unless --nobaselines)
+and `DIR/tune.md` reports them with intervals, the search's history, parameter importances, per-epoch curves and its
+cost. The study lives in `DIR/study.db` (SQLite), or at `--storage`: an Optuna RDB URL (`postgresql://user@host/db`)
+or a journal file path, which the same command on other machines shares (docs/scaling.md). `--workers=K` runs K
+worker processes, each on its share of the GPUs (CUDA_VISIBLE_DEVICES) or CPU cores (affinity). Rerunning the
+command continues the study: interrupted trials resume from their checkpoints, finished ones are kept, and
+`--trials` may grow. Exit status: 0 done; 1 no trial finished, or a final run failed; 2 the search cannot start (a
+bad space, seeds, flag or config, or DIR holds another search); 75 stopped by SIGTERM, 130 by Ctrl-C, after a
+checkpoint (rerun to resume).
 """
 
 import shlex

@@ -262,7 +262,8 @@ def test_report_of_a_study_with_a_pruned_and_a_failed_trial(tmp_path):
     text = write_report(search, study, records, "python scripts/train.py --config=configs/own_data.py:smoke",
                         "accuracy")
     line = command_line("python scripts/train.py --config=configs/own_data.py:smoke", best.params)
-    fixed = "python scripts/train.py --config=configs/own_data.py:smoke --config.optimizer.learning_rate=1 --config.seed=3"
+    fixed = ("python scripts/train.py --config=configs/own_data.py:smoke --config.optimizer.learning_rate=1 "
+             "--config.seed=3")
     assert command_line(fixed, best.params).count("--config.optimizer.learning_rate=") == 1
     assert "--config.seed=3" in command_line(fixed, best.params)
     assert line in text and f"--config.refine.finetune_method={best.params['refine.finetune_method']}" in line

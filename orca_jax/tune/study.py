@@ -152,9 +152,9 @@ def prepare(search: Search) -> None:
             raise ConfigError([f"{search.workdir} holds a search with other {', '.join(differ)}; rerun it with the "
                                "same settings to continue it (--trials may change), or choose another --workdir."])
     else:
-        open_study(search)  # a storage that cannot be opened is refused before it is recorded as this search's
-        # not write_file: that asks JAX for the process index, which would start its backends (and take the GPUs
-        # the workers are about to be given) in this process
+        open_study(search)  # a storage that cannot be opened is refused before the directory records this search
+        # Not write_file: that asks JAX for the process index, which would start its backends (and take the GPUs
+        # the workers are about to be given) in this process.
         path.write_text(json.dumps(record, indent=2))
 
 

@@ -1,12 +1,13 @@
 """Our parameters back to a Hugging Face checkpoint's tensors, by reading each architecture's key table backwards.
 
-The key tables (`models/text_encoder_keys.py`, `models/swin_keys.py`, beside their models) are the one statement
-of how checkpoint names map to our paths; exporting must agree with loading exactly, so it derives every name from
-the same rules instead of keeping a second table. For a parameter, the rule whose target template produces its path gives the checkpoint name (the rule's
-regex rendered with the path's indices; where the regex accepts several spellings, the first, which is the one the
-hub's files and `save_pretrained` write), the inverse of the rule's transform, and, for a fused parameter, which
-column block is that tensor. Every name is checked by running the forward rule on it: it must map back to the same
-path, so a table whose pattern cannot be read backwards fails here, loudly, and never writes a wrong name.
+The key tables (`models/text_encoder_keys.py`, `models/swin_keys.py`, beside their models) are the one statement of
+how checkpoint names map to our paths; exporting must agree with loading exactly, so it derives every name from the
+same rules instead of keeping a second table. For a parameter, the rule whose target template produces its path
+gives the checkpoint name (the rule's regex rendered with the path's indices; where the regex accepts several
+spellings, the first, which is the one the hub's files and `save_pretrained` write), the inverse of the rule's
+transform, and, for a fused parameter, which column block is that tensor. Every name is checked by running the
+forward rule on it: it must map back to the same path, so a table whose pattern cannot be read backwards fails here,
+loudly, and never writes a wrong name.
 
 `write_safetensors` writes the format `checkpoint_files` reads (bfloat16 included, which NumPy lacks and the
 `safetensors` package's NumPy writer refuses), with the `{"format": "pt"}` metadata transformers expects.
