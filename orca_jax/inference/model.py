@@ -3,7 +3,7 @@
 Loading rebuilds the architecture from what the run recorded (its `config.json` and the task record, `task.json`)
 with the pipeline's own `build_model`, then restores the parameters:
 - The refine stage's checkpoints hold only the parameters it trained (`refine.finetune_method`, split by
-  `trainable_filter` exactly as `refine.py` splits them). They are restored by Orbax into the abstract tree of those
+  `finetune.trainable` exactly as `refine.py` splits them). They are restored by Orbax into the abstract tree of those
   parameters (shapes, dtypes and shardings, no optimizer state): `refine_best/` for the best validation epoch, the
   newest step of `refine/` for the last epoch.
 - Everything else is frozen, and so equal to what the run started from: the body's own embeddings and pooler (ORCA
@@ -54,7 +54,7 @@ from orca_jax.inference.record import ModelError, TaskInfo, read_task_record
 from orca_jax.models.orca import OrcaModel
 from orca_jax.parallel import is_main_process, make_mesh, param_shardings, place
 from orca_jax.train.checkpoints import abstract, load_tree
-from orca_jax.train.finetune import trainable_filter
+from orca_jax.train.finetune import trainable
 from orca_jax.train.metrics import METRICS, get_metric
 from orca_jax.train.refine import device_rows, evaluate, evaluation_batch
 from orca_jax.weights import (
@@ -156,7 +156,7 @@ class TrainedModel:
         if self._device is None:
             mesh = self.mesh or make_mesh(-1, 1)
             mode = self.config.refine.finetune_method
-            graphdef, params, frozen = nnx.split(self.model, nnx.All(nnx.Param, trainable_filter(mode)), ...)
+            graphdef, params, frozen = nnx.split(self.model, trainable(mode), ...)
             mesh_config = self.config.mesh
             try:
                 shardings = [param_shardings(tree, mesh, mesh_config.rules, min_shard_bytes=mesh_config.min_shard_bytes)
@@ -363,7 +363,7 @@ def _load_workdir(path: epath.Path, config: ConfigDict, which: str | None, mesh:
         )
     model, hf_config = _build(config, info, str(path))
     mode = config.refine.finetune_method
-    _, params, _ = nnx.split(model, nnx.All(nnx.Param, trainable_filter(mode)), ...)
+    _, params, _ = nnx.split(model, trainable(mode), ...)
     position = _restore_position(refine_dir, max(steps))
     if which == "best":
         restored = load_tree(best_dir, params)

@@ -9,9 +9,10 @@ The mesh (`mesh.make_mesh`) has two axes, and this is the one place that says wh
   device falls by the fsdp factor, at the cost of those collectives. fsdp = 1 is plain replication.
 
 Which tensors are split is decided by rules, as in big_vision's `sharding_strategy`: `rules` is a sequence of
-`(regex, rule)` pairs; each parameter's path, its names joined with "/" (`body/layers/3/attention/query/kernel`,
+`(regex, rule)` pairs; each parameter's path, its names joined with "/" (`body/layers/3/attention/qkv/kernel`,
 `embedder/projection/kernel`), is matched with `re.fullmatch` against the regexes in order, and the first match
-decides. A parameter no rule matches is replicated. A rule is one of
+decides (`orca_jax.param_paths`, the matcher the fine-tune modes use too). A parameter no rule matches is
+replicated. A rule is one of
 - "replicate": a full copy on every device;
 - "fsdp": split the tensor's largest dimension that the fsdp axis size divides (the first such on ties) over "fsdp".
   Documented fallback, not an error: a tensor is replicated when it is smaller than `min_shard_bytes` (norm scales,
@@ -41,14 +42,13 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from orca_jax.param_paths import PathRules, path_name, path_names
 
 log = logging.getLogger(__name__)
 
@@ -57,55 +57,29 @@ MIN_SHARD_BYTES = 1 << 20
 FSDP = "fsdp"
 
 
-def _key_name(key) -> str:
-    for attribute in ("key", "name", "idx"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
-
-
-def _names(keypath) -> tuple[str, ...]:
-    """A leaf's key path as names; an nnx Variable's own trailing `.value` is dropped, so a parameter of an
-    `nnx.State`, of a module and of an optimizer state that mirrors it all read like `body/layers/0/mlp_in/kernel`."""
-    if keypath and isinstance(keypath[-1], jax.tree_util.GetAttrKey) and keypath[-1].name == "value":
-        keypath = keypath[:-1]
-    return tuple(_key_name(k) for k in keypath)
-
-
-def path_name(keypath) -> str:
-    """The name rules match: a key path from `jax.tree_util.tree_flatten_with_path`, "/"-joined."""
-    return "/".join(_names(keypath))
-
-
 def _axes(entry) -> tuple[str, ...]:
     """The mesh axes one PartitionSpec entry splits a dimension over."""
     return () if entry is None else (entry,) if isinstance(entry, str) else entry
 
 
-def check_rules(rules, mesh: Mesh) -> list[tuple[re.Pattern, Any]]:
-    checked = []
-    for item in rules:
-        if isinstance(item, str) or not isinstance(item, Sequence) or len(item) != 2 or not isinstance(item[0], str):
-            raise ValueError(
-                f"sharding rules are (regex, rule) pairs; got {item!r} in {rules!r}. A single pair still needs the "
-                "outer tuple: ((\".*\", \"fsdp\"),)."
-            )
-        pattern, rule = item
-        if isinstance(rule, str):
-            if rule not in ("replicate", FSDP):
-                raise ValueError(f"sharding rule {rule!r} for {pattern!r} is not 'replicate', 'fsdp' or a tuple.")
-            if rule == FSDP and FSDP not in mesh.shape:
-                raise ValueError(f"rule 'fsdp' for {pattern!r} needs a mesh axis 'fsdp'; mesh: {dict(mesh.shape)}.")
-        else:
-            rule = tuple(entry if entry is None or isinstance(entry, str) else tuple(entry) for entry in rule)
-            unknown = [a for entry in rule for a in _axes(entry) if a not in mesh.shape]
-            if unknown:
-                raise ValueError(
-                    f"sharding rule {rule!r} for {pattern!r} names axes {unknown} that the mesh ({dict(mesh.shape)}) "
-                    "lacks."
-                )
-        checked.append((re.compile(pattern), rule))
-    return checked
+def _check_rule(pattern: str, rule, mesh: Mesh):
+    if isinstance(rule, str):
+        if rule not in ("replicate", FSDP):
+            raise ValueError(f"sharding rule {rule!r} for {pattern!r} is not 'replicate', 'fsdp' or a tuple.")
+        if rule == FSDP and FSDP not in mesh.shape:
+            raise ValueError(f"rule 'fsdp' for {pattern!r} needs a mesh axis 'fsdp'; mesh: {dict(mesh.shape)}.")
+        return rule
+    rule = tuple(entry if entry is None or isinstance(entry, str) else tuple(entry) for entry in rule)
+    unknown = [a for entry in rule for a in _axes(entry) if a not in mesh.shape]
+    if unknown:
+        raise ValueError(
+            f"sharding rule {rule!r} for {pattern!r} names axes {unknown} that the mesh ({dict(mesh.shape)}) lacks."
+        )
+    return rule
+
+
+def check_rules(rules, mesh: Mesh) -> PathRules:
+    return PathRules(rules, "sharding", lambda pattern, rule: _check_rule(pattern, rule, mesh))
 
 
 def _fsdp_spec(name: str, shape: tuple[int, ...], itemsize: int, mesh: Mesh, min_shard_bytes: int) -> P:
@@ -142,7 +116,7 @@ def param_shardings(params, mesh: Mesh, rules=DEFAULT_RULES, *, min_shard_bytes:
 
     def sharding(keypath, leaf):
         name, shape = path_name(keypath), tuple(leaf.shape)
-        rule = next((rule for pattern, rule in checked if pattern.fullmatch(name)), "replicate")
+        rule = checked.first(name, "replicate")
         if rule == "replicate":
             spec = P()
         elif rule == FSDP:
@@ -165,11 +139,11 @@ def optimizer_shardings(opt_state, params, shardings):
     flat_shardings = jax.tree.leaves(shardings)
     if len(flat_params) != len(flat_shardings) or not flat_shardings:
         raise ValueError("`shardings` must be the parameters' shardings (same structure as `params`, not empty).")
-    by_path = {_names(path): (tuple(p.shape), s) for (path, p), s in zip(flat_params, flat_shardings)}
+    by_path = {path_names(path): (tuple(p.shape), s) for (path, p), s in zip(flat_params, flat_shardings)}
     replicate = NamedSharding(flat_shardings[0].mesh, P())
 
     def sharding(keypath, leaf):
-        names, shape = _names(keypath), tuple(leaf.shape)
+        names, shape = path_names(keypath), tuple(leaf.shape)
         for start in range(len(names)):
             hit = by_path.get(names[start:])
             if hit is not None and hit[0] == shape:
@@ -177,19 +151,6 @@ def optimizer_shardings(opt_state, params, shardings):
         return replicate
 
     return jax.tree_util.tree_map_with_path(sharding, opt_state)
-
-
-def init_params(init: Callable[[], Any], mesh: Mesh, rules=DEFAULT_RULES, *, min_shard_bytes: int = MIN_SHARD_BYTES):
-    """(params, shardings): `init()` run so that every array is born sharded by the rules.
-
-    `init` is traced abstractly first (`jax.eval_shape`: no memory), the shardings come from its shapes, and then
-    `jax.jit(init, out_shardings=...)` makes each device compute only its own shards, so a model larger than one
-    device never exists whole anywhere. `init` returns a pytree: `lambda: nnx.state(Model(..., rngs=nnx.Rngs(0)),
-    nnx.Param)`, or an nnx module itself. Random initialisers give the values of the same `init` jitted without
-    shardings (JAX's default partitionable threefry).
-    """
-    shardings = param_shardings(jax.eval_shape(init), mesh, rules, min_shard_bytes=min_shard_bytes)
-    return jax.jit(init, out_shardings=shardings)(), shardings
 
 
 def init_optimizer(optimizer: optax.GradientTransformation, params, shardings):
@@ -213,12 +174,3 @@ def place(tree, shardings):
         return jax.device_put(x, sharding, may_alias=False)
 
     return jax.tree.map(put, tree, shardings)
-
-
-def bytes_per_device(tree) -> dict[jax.Device, int]:
-    """Bytes of `tree`'s arrays that each of this process's devices holds (its addressable shards)."""
-    held: dict[jax.Device, int] = {}
-    for leaf in jax.tree.leaves(tree):
-        for shard in leaf.addressable_shards:
-            held[shard.device] = held.get(shard.device, 0) + shard.data.nbytes
-    return held

@@ -13,8 +13,8 @@ Changed on purpose: all classes go through one jitted step as a padded [classes,
 does not grow with the classes (`AlignStep`); the distance before and after alignment is measured on one fixed
 sample, so the two numbers are comparable.
 
-Only the embedder trains: the model is split once into embedder parameters and the rest (`nnx.split` with a path
-filter: a mask, not a copy), and only the embedder part is differentiated and updated.
+Only the embedder trains: the model is split once into embedder parameters and the rest (`nnx.split` with the
+align stage's path rules, `finetune.ALIGN_RULES`), and only the embedder part is differentiated and updated.
 """
 
 from __future__ import annotations
@@ -49,12 +49,12 @@ from orca_jax.parallel import (
 from orca_jax.train.checkpoints import StageCheckpoints, load_tree, save_tree
 from orca_jax.train.run_log import RunLog
 from orca_jax.workdir import write_file
-from orca_jax.train.optimizers import align_learning_rate, make_optimizer, step_decay_schedule
+from orca_jax.train.finetune import align_trainable
+from orca_jax.train.optimizers import align_optimizer
 
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("otdd-exact", "otdd-gaussian", "mmd", "l2", "none")
-EMBEDDER = nnx.All(nnx.Param, nnx.PathContains("embedder"))
 
 
 def align_classes(labels: np.ndarray, where: str = "the training split") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -274,13 +274,8 @@ class _Stage:
         objective = build_objective(config.objective, *source, solver=config.solver, epsilon=config.epsilon)
         if objective is None:
             raise ValueError("align objective 'none' means no align stage: set align.epochs = 0 instead.")
-        opt = optimizer_config
-        schedule = step_decay_schedule(
-            align_learning_rate(opt.learning_rate, config.lr_multiplier), config.milestones, config.gamma
-        )
-        optimizer = make_optimizer(opt.name, schedule, weight_decay=opt.weight_decay, momentum=opt.momentum,
-                                   betas=(opt.b1, opt.b2), eps=opt.eps)
-        graphdef, embedder, rest = nnx.split(model, EMBEDDER, ...)
+        optimizer, schedule = align_optimizer(optimizer_config, config)
+        graphdef, embedder, rest = nnx.split(model, align_trainable(), ...)
         rules = dict(rules=mesh_config.rules, min_shard_bytes=mesh_config.min_shard_bytes) if mesh_config else {}
         shardings = param_shardings(embedder, mesh, **rules)
         # The step donates the embedder's buffers: train on a copy, so the model stays intact if the run stops early.

@@ -1,14 +1,10 @@
-"""The refine stage's optimizer: the official fine-tuning update rule, with the fine-tune modes as parameter masks.
+"""Which parameters a stage trains: fine-tune modes as ordered path rules, and the one split that freezes the rest.
 
-The trainer calls `update` once per micro-batch with that micro-batch's gradients (of the loss *not* divided by
-accum) and applies what it returns; accumulation, clipping, the per-micro-batch schedule and the discarding of an
-epoch's incomplete last cycle all happen inside (see `optimizers.accumulate_gradients`):
-
-    optimizer = make_finetune_optimizer(config.optimizer, config.refine, steps_per_epoch)
-    opt_state = optimizer.init(params)                       # params: the model's nnx.Param state
-    grads = jax.grad(loss_fn)(params, batch)                 # every micro-batch, steps_per_epoch per epoch
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+A mode is a sequence of (regex, trains) pairs over parameter paths (`body/layers/3/attention/qkv/kernel`), matched
+by `orca_jax.param_paths.PathRules`, the matcher the sharding rules use; the first match decides. Freezing is done
+once, by splitting: a stage differentiates, updates, checkpoints and keeps optimizer state for the trainable part
+only (`nnx.split(model, trainable(mode), ...)`), and the frozen part enters its steps as constants. So a frozen
+parameter is bitwise unchanged and costs no optimizer state.
 
 Fine-tune modes (official `finetune_method`, `src/utils.py::set_param_grad`), mapped from the official (Hugging
 Face) parameter names to ours:
@@ -19,8 +15,8 @@ Face) parameter names to ours:
   `output.LayerNorm`), Swin `layers.N.blocks.M.layernorm_before` / `layernorm_after` and `layernorm`. Swin's
   patch-merging norms (`layers.N.downsample.norm`) and relative position bias tables stay frozen, as officially
   (their names contain "layers" but not "layernorm"). Embedder and head train.
-- "non-attn": freeze the body's attention `query` / `key` / `value` projections (bias included); the attention
-  output projection and Swin's relative position bias tables train, as officially.
+- "non-attn": freeze the body's attention `query` / `key` / `value` projections (bias included, our fused `qkv`);
+  the attention output projection and Swin's relative position bias tables train, as officially.
 - "frozen-body" (linear probe over the embedder): the whole body frozen, embedder and head trained. The official code
   has no such mode; its nearest, the `predictor` stage (predictor_epochs > 0, used by no config), trains exactly the
   embedder and the predictor over a frozen body, and in ORCA the embedder is the part built for the new modality.
@@ -28,10 +24,7 @@ In every mode the body's own token embeddings and RoBERTa's tanh pooler stay fro
 them (the embedder and mean pooling replace them), and the official model deletes them, so they are not in its
 optimizer. Freezing them also spares their optimizer state (RoBERTa's word table alone holds 38M parameters).
 
-A frozen parameter gets exactly zero updates (weight decay included) and no optimizer state (`optax.partition`
-with `set_to_zero`). `trainable_filter` gives the same set as an nnx filter, for a trainer that differentiates only
-the trainable part (`nnx.split(model, nnx.All(nnx.Param, trainable_filter(mode)), ...)`): the optimizer accepts that
-subtree as well as the whole parameter state.
+A new mode is one entry of `FINETUNE_RULES`; the align stage's "embedder only" is `ALIGN_RULES`, the same kind.
 """
 
 from __future__ import annotations
@@ -39,86 +32,57 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
-import optax
 from flax import nnx
 
-from orca_jax.train.optimizers import accumulate_gradients, update_direction, warmup_decay_schedule
+from orca_jax.param_paths import PathRules, path_name
 
-FINETUNE_MODES = ("all", "layernorm", "non-attn", "frozen-body")
 PARTS = ("embedder", "body", "head")  # OrcaModel's children
-UNUSED_BODY_PARTS = ("embeddings", "pooler")  # replaced by the embedder and mean pooling
-BODY_NORMS = ("attention_norm", "mlp_norm", "layernorm_before", "layernorm_after", "layernorm")
-ATTENTION_INPUTS = ("qkv",)  # the bodies' fused query/key/value projection
+_UNUSED = (r"body/(embeddings|pooler)/.*", False)  # replaced by the embedder and mean pooling
+_BODY_NORMS = r"body/(.*/)?(attention_norm|mlp_norm|layernorm_before|layernorm_after|layernorm)/[^/]+"
+FINETUNE_RULES: dict[str, tuple[tuple[str, bool], ...]] = {
+    "all": (_UNUSED, (".*", True)),
+    "layernorm": (_UNUSED, (_BODY_NORMS, True), ("body/.*", False), (".*", True)),
+    "non-attn": (_UNUSED, (r"body/.*/qkv/[^/]+", False), (".*", True)),  # qkv: the fused query/key/value projection
+    "frozen-body": (("body/.*", False), (".*", True)),
+}
+FINETUNE_MODES = tuple(FINETUNE_RULES)
+ALIGN_RULES = (("embedder/.*", True), (".*", False))  # the align stage trains the embedder alone
+
+_COMPILED = {mode: PathRules(rules, "fine-tune") for mode, rules in FINETUNE_RULES.items()}
+_COMPILED_ALIGN = PathRules(ALIGN_RULES, "align")
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in FINETUNE_MODES:
+def _rules(mode: str) -> PathRules:
+    if mode not in _COMPILED:
         raise ValueError(f"finetune_method {mode!r} is not one of {FINETUNE_MODES}.")
+    return _COMPILED[mode]
 
 
 def is_trainable(mode: str, path: Sequence[Any]) -> bool:
     """Whether the parameter at `path` (names from the OrcaModel down to the parameter) trains in `mode`."""
-    _check_mode(mode)
-    path = tuple(path)
-    if not path or path[0] not in PARTS:
+    return _trains(_rules(mode), path)
+
+
+def _trains(rules: PathRules, path: Sequence[Any]) -> bool:
+    name = path_name(tuple(path))
+    if name.split("/", 1)[0] not in PARTS:
         raise ValueError(
-            f"parameter path {path} does not start with one of {PARTS}: fine-tune modes apply to an OrcaModel's "
-            "parameters (nnx.split(model, nnx.Param, ...)), or a subtree of them that keeps the full paths."
+            f"parameter path {tuple(path)} does not start with one of {PARTS}: fine-tune modes apply to an "
+            "OrcaModel's parameters (nnx.split(model, nnx.Param, ...)), or a subtree of them that keeps the full paths."
         )
-    if path[0] != "body":
-        return True
-    if path[1] in UNUSED_BODY_PARTS or mode == "frozen-body":
-        return False
-    module = path[-2]  # the module holding the parameter (kernel, bias, scale, ...)
-    if mode == "layernorm":
-        return module in BODY_NORMS
-    if mode == "non-attn":
-        return module not in ATTENTION_INPUTS
-    return True
+    return bool(rules.first(name, False))
 
 
-def trainable_filter(mode: str) -> Callable[[tuple, Any], bool]:
-    """`mode`'s trainable parameters as an nnx filter (combine it with nnx.Param)."""
-    _check_mode(mode)
-    return lambda path, value: is_trainable(mode, path)
+def trainable(mode: str) -> nnx.filterlib.Filter:
+    """`mode`'s trainable parameters as an nnx filter: `nnx.split(model, trainable(mode), ...)` gives them first."""
+    rules = _rules(mode)
+    return nnx.All(nnx.Param, _path_filter(rules))
 
 
-def _names(keypath) -> tuple:
-    return tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in keypath)
+def align_trainable() -> nnx.filterlib.Filter:
+    """The align stage's trainable parameters (the embedder's) as an nnx filter."""
+    return nnx.All(nnx.Param, _path_filter(_COMPILED_ALIGN))
 
 
-def trainable_mask(params, mode: str):
-    """A pytree of bools, True where `mode` trains the parameter: `params`' structure down to its nnx Variables."""
-    _check_mode(mode)
-    return jax.tree_util.tree_map_with_path(
-        lambda keypath, _: is_trainable(mode, _names(keypath)), params, is_leaf=lambda x: isinstance(x, nnx.Variable)
-    )
-
-
-def make_finetune_optimizer(optimizer_config, refine_config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The refine stage's optimizer, called once per micro-batch (see the module docstring).
-
-    `optimizer_config` is the config's `optimizer` section (name, learning_rate, weight_decay, momentum, b1, b2,
-    eps); `refine_config` the `refine` section (finetune_method, accum, clip: global-norm bound, <= 0 for none,
-    warmup_epochs, decay_epochs); `steps_per_epoch` the micro-batches the trainer feeds per epoch (official n_train).
-    Warm-up and decay lengths are int(epochs * steps_per_epoch) micro-batches, as officially.
-    """
-    opt, refine = optimizer_config, refine_config
-    mode = refine.finetune_method
-    _check_mode(mode)
-    schedule = warmup_decay_schedule(
-        opt.learning_rate, int(refine.warmup_epochs * steps_per_epoch), int(refine.decay_epochs * steps_per_epoch)
-    )
-    direction = update_direction(
-        opt.name, weight_decay=opt.weight_decay, momentum=opt.momentum, betas=(opt.b1, opt.b2), eps=opt.eps
-    )
-    train = optax.chain(
-        accumulate_gradients(direction, refine.accum, steps_per_epoch, refine.clip),
-        optax.scale_by_learning_rate(schedule),
-    )
-
-    def labels(params):
-        return jax.tree.map(lambda trains: "train" if trains else "freeze", trainable_mask(params, mode))
-
-    return optax.partition({"train": train, "freeze": optax.set_to_zero()}, labels)
+def _path_filter(rules: PathRules) -> Callable[[tuple, Any], bool]:
+    return lambda path, value: _trains(rules, path)

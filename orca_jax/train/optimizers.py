@@ -12,6 +12,9 @@ updates are linear in the learning rate (AdamW's decay included), so the rate ca
 `optax.scale_by_learning_rate(schedule)` placed *after* the accumulation: its counter then advances on every
 micro-batch, like the official scheduler, and each update uses the rate of the micro-batch that completes it. That
 is why `update_direction` (everything but the rate) is separate from `make_optimizer`.
+
+The two stages' optimizers, from the config's sections, are `align_optimizer` and `refine_optimizer`. Each updates
+whatever parameters it is given: the stage passes only its trainable part (`orca_jax.train.finetune`).
 """
 
 from __future__ import annotations
@@ -167,3 +170,39 @@ def accumulate_gradients(
         return new_updates, AccumulationState(optax.safe_int32_increment(state.count), grad_sum, inner_state)
 
     return optax.GradientTransformation(init, update)
+
+
+def align_optimizer(optimizer_config, align_config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The embedder's optimizer and its schedule (one step per align epoch): the fine-tuning optimizer's family at
+    `align.lr_multiplier` times its rate (`align_learning_rate`), decayed by `align.gamma` after each milestone."""
+    opt = optimizer_config
+    schedule = step_decay_schedule(
+        align_learning_rate(opt.learning_rate, align_config.lr_multiplier), align_config.milestones,
+        align_config.gamma,
+    )
+    optimizer = make_optimizer(opt.name, schedule, weight_decay=opt.weight_decay, momentum=opt.momentum,
+                               betas=(opt.b1, opt.b2), eps=opt.eps)
+    return optimizer, schedule
+
+
+def refine_optimizer(optimizer_config, refine_config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The refine stage's optimizer, called once per micro-batch with that micro-batch's gradients (of the loss *not*
+    divided by accum); accumulation, clipping, the per-micro-batch schedule and the discarding of an epoch's
+    incomplete last cycle all happen inside (`accumulate_gradients`).
+
+    `optimizer_config` is the config's `optimizer` section (name, learning_rate, weight_decay, momentum, b1, b2,
+    eps); `refine_config` the `refine` section (accum, clip: global-norm bound, <= 0 for none, warmup_epochs,
+    decay_epochs); `steps_per_epoch` the micro-batches the trainer feeds per epoch (official n_train). Warm-up and
+    decay lengths are int(epochs * steps_per_epoch) micro-batches, as officially.
+    """
+    opt, refine = optimizer_config, refine_config
+    schedule = warmup_decay_schedule(
+        opt.learning_rate, int(refine.warmup_epochs * steps_per_epoch), int(refine.decay_epochs * steps_per_epoch)
+    )
+    direction = update_direction(
+        opt.name, weight_decay=opt.weight_decay, momentum=opt.momentum, betas=(opt.b1, opt.b2), eps=opt.eps
+    )
+    return optax.chain(
+        accumulate_gradients(direction, refine.accum, steps_per_epoch, refine.clip),
+        optax.scale_by_learning_rate(schedule),
+    )

@@ -7,8 +7,8 @@
   batch of an epoch, and any batch that does not divide over the devices, is padded and masked, so one program
   serves the whole run and the loss is exactly that of the real examples.
 - The loss, the outputs' shape and units, and the metric are the task's (`objective.TaskObjective`).
-- The optimizer is the official update rule (`finetune.make_finetune_optimizer`): per-micro-batch warm-up and decay,
-  summed accumulation, clipping, fine-tune modes as masks.
+- The optimizer is the official update rule (`optimizers.refine_optimizer`): per-micro-batch warm-up and decay,
+  summed accumulation, clipping; the fine-tune mode's path rules (`finetune`) decide which parameters it sees.
 - Model selection is on the validation split carved from the training data (`refine.select="best"`), or the last
   epoch (`"last"`, for validation splits too small to select on: below `SMALL_VALIDATION` examples the run says so in
   the log and the summary); the test split is evaluated once. Metrics are computed over whole splits.
@@ -53,9 +53,10 @@ from orca_jax.parallel import (
     replicated,
 )
 from orca_jax.train.checkpoints import StageCheckpoints, TreeWriter, load_tree
-from orca_jax.train.finetune import make_finetune_optimizer, trainable_filter
+from orca_jax.train.finetune import trainable
 from orca_jax.train.metrics import MetricAccumulator
 from orca_jax.train.objective import TaskObjective
+from orca_jax.train.optimizers import refine_optimizer
 from orca_jax.train.run_log import RunLog
 from orca_jax.workdir import write_file
 
@@ -172,8 +173,8 @@ def run_refine(
     batches = Batches(task.train, batch_size, epochs=refine.epochs, seed=seed, rows=process_rows(rows),
                       transform=task.train_transform, rows_per_batch=rows)
     steps_per_epoch = batches.steps_per_epoch
-    optimizer = make_finetune_optimizer(config.optimizer, refine, steps_per_epoch)
-    graphdef, params, frozen = nnx.split(model, nnx.All(nnx.Param, trainable_filter(refine.finetune_method)), ...)
+    optimizer = refine_optimizer(config.optimizer, refine, steps_per_epoch)
+    graphdef, params, frozen = nnx.split(model, trainable(refine.finetune_method), ...)
     shardings = param_shardings(params, mesh, config.mesh.rules, min_shard_bytes=config.mesh.min_shard_bytes)
     frozen_shardings = param_shardings(frozen, mesh, config.mesh.rules, min_shard_bytes=config.mesh.min_shard_bytes)
     params, frozen = place(params, shardings), place(frozen, frozen_shardings)  # copies: the step donates params

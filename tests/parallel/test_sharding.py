@@ -15,17 +15,17 @@ from orca_jax.models.heads import ClassificationHead
 from orca_jax.models.orca import OrcaModel
 from orca_jax.models.text_encoder import TextEncoder, TextEncoderConfig
 from orca_jax.parallel import (
-    bytes_per_device,
     init_optimizer,
-    init_params,
     make_mesh,
     optimizer_shardings,
     param_shardings,
     place,
     replicated,
 )
-from orca_jax.parallel.sharding import path_name
-from orca_jax.train.finetune import make_finetune_optimizer, trainable_mask
+from orca_jax.param_paths import path_name
+from orca_jax.train.finetune import trainable
+from orca_jax.train.optimizers import refine_optimizer
+from tests.parallel.shards import born_sharded, bytes_per_device
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +47,22 @@ def model_params():
     return nnx.state(tiny_orca_model(), nnx.Param)
 
 
+def model_parts(mode):
+    """(graphdef, trainable, frozen): the tiny model split as the refine stage splits it in fine-tune `mode`."""
+    return nnx.split(tiny_orca_model(), trainable(mode), ...)
+
+
 def specs(shardings) -> dict[str, P]:
     flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
     return {path_name(path): sharding.spec for path, sharding in flat}
 
 
-def finetune_optimizer(name, mode, accum=2):
+def finetune_optimizer(name, accum=2):
     # eps 1e-3, not 1e-8: Adam would turn the rounding noise of gradients that are exactly 0 in theory (a key bias,
     # which softmax ignores) into learning-rate-sized steps of either sign, different in each layout.
     opt = ConfigDict(dict(name=name, learning_rate=1e-2, weight_decay=0.01, momentum=0.9, b1=0.9, b2=0.98, eps=1e-3))
-    refine = ConfigDict(dict(finetune_method=mode, accum=accum, clip=1.0, warmup_epochs=1, decay_epochs=3))
-    return make_finetune_optimizer(opt, refine, steps_per_epoch=4)
+    refine = ConfigDict(dict(accum=accum, clip=1.0, warmup_epochs=1, decay_epochs=3))
+    return refine_optimizer(opt, refine, steps_per_epoch=4)
 
 
 def abstract(**shapes):
@@ -110,7 +115,7 @@ def test_bad_rules_are_errors_that_name_the_problem(mesh):
 
 
 def test_parameters_and_optimizer_state_are_born_sharded(mesh):
-    params, shardings = init_params(model_params, mesh, min_shard_bytes=0)
+    params, shardings = born_sharded(model_params, mesh, min_shard_bytes=0)
     # Born sharded: laid out by the rules, each device holding a quarter, with the values of an unsharded init.
     assert all(leaf.sharding == s for leaf, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)))
     total = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
@@ -118,7 +123,7 @@ def test_parameters_and_optimizer_state_are_born_sharded(mesh):
     assert len(held) == 8 and max(held.values()) <= 0.26 * total, (total, held)
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(jax.jit(model_params)())):
         np.testing.assert_array_equal(got, want)
-    opt_state, _ = init_optimizer(finetune_optimizer("adamw", "all"), params, shardings)
+    opt_state, _ = init_optimizer(finetune_optimizer("adamw"), params, shardings)
     total = sum(leaf.nbytes for leaf in jax.tree.leaves(opt_state))
     held = bytes_per_device(opt_state)
     assert len(held) == 8 and max(held.values()) <= 0.26 * total, (total, held)
@@ -141,25 +146,26 @@ def test_loaded_weights_are_placed_as_a_copy(mesh):
 @pytest.mark.parametrize("name, mode", [("adamw", "all"), ("sgd", "layernorm"), ("adam", "non-attn")])
 def test_optimizer_state_mirrors_the_parameters(mesh, name, mode):
     rules = (("body/layers/0/attention/.*", "replicate"), (".*", "fsdp"))
-    params = jax.eval_shape(model_params)
+    params = jax.eval_shape(lambda: model_parts(mode)[1])
     shardings = param_shardings(params, mesh, rules, min_shard_bytes=0)
     by_param = specs(shardings)
     assert len(set(by_param.values())) > 2
-    opt_shardings = optimizer_shardings(jax.eval_shape(finetune_optimizer(name, mode).init, params), params, shardings)
+    opt_shardings = optimizer_shardings(jax.eval_shape(finetune_optimizer(name).init, params), params, shardings)
     mirrored = 0
     for path, sharding in jax.tree_util.tree_flatten_with_path(opt_shardings)[0]:
         names = path_name(path)
         owner = next((p for p in by_param if names.endswith("/" + p)), None)
         assert sharding.spec == (by_param[owner] if owner else P()), names
         mirrored += owner is not None
-    # At least the accumulated gradient sum for every parameter that trains (frozen ones have no state).
-    assert mirrored >= sum(jax.tree.leaves(trainable_mask(params, mode))) > 0
+    # At least the accumulated gradient sum for every parameter that trains; frozen ones are not in the state.
+    assert mirrored >= len(jax.tree.leaves(params)) > 0
+    assert len(jax.tree.leaves(params)) < len(jax.tree.leaves(jax.eval_shape(model_params)))
 
 
 def make_step(graphdef, optimizer):
-    def step(params, opt_state, x, y):
+    def step(params, frozen, opt_state, x, y):
         def loss(params):
-            logits = nnx.merge(graphdef, params)(x)
+            logits = nnx.merge(graphdef, params, frozen)(x)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
         value, grads = jax.value_and_grad(loss)(params)
@@ -172,38 +178,42 @@ def make_step(graphdef, optimizer):
 @pytest.mark.slow
 @pytest.mark.parametrize("name, mode", [("adamw", "all"), ("sgd", "layernorm")])
 def test_sharded_train_steps_equal_one_device(mesh, name, mode):
-    optimizer = finetune_optimizer(name, mode)
-    graphdef = nnx.graphdef(nnx.eval_shape(tiny_orca_model))
+    optimizer = finetune_optimizer(name)
+    graphdef, _, frozen = nnx.split(nnx.eval_shape(tiny_orca_model), trainable(mode), ...)
     step = make_step(graphdef, optimizer)
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(4, 16, 16, 4)).astype(np.float32)
     ys = rng.integers(0, 4, size=(4, 16)).astype(np.int32)
+    trainable_params, frozen_params = (lambda: model_parts(mode)[1]), (lambda: model_parts(mode)[2])
 
     # One device, everything whole.
     one = make_mesh(devices=jax.devices()[:1])
-    params, shardings = init_params(model_params, one, ((".*", "replicate"),))
+    params, shardings = born_sharded(trainable_params, one, ((".*", "replicate"),))
+    frozen, _ = born_sharded(frozen_params, one, ((".*", "replicate"),))
     opt_state, _ = init_optimizer(optimizer, params, shardings)
     want = []
     for x, y in zip(xs, ys):
-        params, opt_state, value = jax.jit(step)(params, opt_state, x, y)
+        params, opt_state, value = jax.jit(step)(params, frozen, opt_state, x, y)
         want.append(float(value))
     want_params = params
 
-    params, shardings = init_params(model_params, mesh, min_shard_bytes=0)
+    params, shardings = born_sharded(trainable_params, mesh, min_shard_bytes=0)
+    frozen, frozen_shardings = born_sharded(frozen_params, mesh, min_shard_bytes=0)
     opt_state, opt_shardings = init_optimizer(optimizer, params, shardings)
     batch = NamedSharding(mesh, P(("data", "fsdp")))
-    sharded = jax.jit(step, in_shardings=(shardings, opt_shardings, batch, batch),
-                      out_shardings=(shardings, opt_shardings, replicated(mesh)), donate_argnums=(0, 1))
+    sharded = jax.jit(step, in_shardings=(shardings, frozen_shardings, opt_shardings, batch, batch),
+                      out_shardings=(shardings, opt_shardings, replicated(mesh)), donate_argnums=(0, 2))
     got = []
     for x, y in zip(xs, ys):
-        params, opt_state, value = sharded(params, opt_state, jax.device_put(x, batch), jax.device_put(y, batch))
+        params, opt_state, value = sharded(params, frozen, opt_state, jax.device_put(x, batch),
+                                           jax.device_put(y, batch))
         got.append(float(value))
     held = bytes_per_device(params)
     assert max(held.values()) <= 0.26 * sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    initial = jax.tree.leaves(model_params())
+    initial = jax.tree.leaves(trainable_params())
     movement = [np.max(np.abs(b - b0)) for b, b0 in zip(jax.tree.leaves(want_params), initial)]
-    assert sum(m > 0 for m in movement) > 10  # the steps trained
+    assert sum(m > 0 for m in movement) > 0.8 * len(movement)  # the steps trained
     # Float32 reduction order differs between the layouts. Measured: differences up to 6e-6 of the largest distance
     # any parameter moved (AdamW and SGD, with the fused and the separate query/key/value projections).
     for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(want_params)):

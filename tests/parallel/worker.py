@@ -18,9 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from orca_jax.parallel import (
     PreemptionGuard,
     batch_from_process_rows,
-    bytes_per_device,
     init_optimizer,
-    init_params,
     initialize_distributed,
     is_main_process,
     make_mesh,
@@ -28,6 +26,7 @@ from orca_jax.parallel import (
     process_rows,
     replicated,
 )
+from tests.parallel.shards import born_sharded, bytes_per_device
 
 
 def mlp_params():
@@ -48,7 +47,7 @@ def sharded(out: Path) -> None:
     assert is_main_process() == (jax.process_index() == 0)
     mesh = make_mesh(data=2, fsdp=4)
     optimizer = optax.adamw(1e-2, weight_decay=0.1)
-    params, shardings = init_params(mlp_params, mesh, min_shard_bytes=0)
+    params, shardings = born_sharded(mlp_params, mesh, min_shard_bytes=0)
     opt_state, opt_shardings = init_optimizer(optimizer, params, shardings)
     total_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     assert set(bytes_per_device(params).values()) == {total_bytes // 4}, bytes_per_device(params)

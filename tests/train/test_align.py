@@ -135,10 +135,11 @@ def test_a_streamed_align_step_bounds_memory_by_a_chunk_and_equals_the_whole_ste
     import optax
 
     from orca_jax.ot import MMDLoss
-    from orca_jax.train.align import EMBEDDER, AlignStep
+    from orca_jax.train.align import AlignStep
+    from orca_jax.train.finetune import align_trainable
 
     model = _swin_model(tmp_path)
-    graphdef, embedder, rest = nnx.split(model, EMBEDDER, ...)
+    graphdef, embedder, rest = nnx.split(model, align_trainable(), ...)
     optimizer = optax.adamw(1e-3)
     objective = MMDLoss.build(np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32))
     key, mesh = jax.random.key(0), make_mesh()

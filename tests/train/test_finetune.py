@@ -1,5 +1,6 @@
-"""The refine optimizer equals the official PyTorch loop step by step, and each fine-tune mode trains exactly the
-parameters the official name rule (`src/utils.py::set_param_grad`) trains, applied to the official names of ours."""
+"""The refine optimizer equals the official PyTorch loop step by step, and each fine-tune mode's path rules train
+exactly the parameters the official name rule (`src/utils.py::set_param_grad`) trains, applied to the official names
+of ours."""
 
 import re
 
@@ -15,13 +16,8 @@ from ml_collections import ConfigDict
 from orca_jax.models import TextEncoder, TextEncoderConfig
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
 from orca_jax.models.orca import OrcaModel
-from orca_jax.train.finetune import (
-    FINETUNE_MODES,
-    is_trainable,
-    make_finetune_optimizer,
-    trainable_filter,
-    trainable_mask,
-)
+from orca_jax.train.finetune import ALIGN_RULES, FINETUNE_MODES, align_trainable, is_trainable, trainable
+from orca_jax.train.optimizers import refine_optimizer
 from tests.image_checkpoints import TWO_STAGES, tiny_swin
 
 
@@ -30,9 +26,8 @@ def optimizer_config(name, learning_rate, weight_decay, momentum=0.9):
                            b1=0.9, b2=0.98, eps=1e-8))
 
 
-def refine_config(mode="all", accum=1, clip=-1.0, warmup_epochs=0.0, decay_epochs=2.0):
-    return ConfigDict(dict(finetune_method=mode, accum=accum, clip=clip, warmup_epochs=warmup_epochs,
-                           decay_epochs=decay_epochs))
+def refine_config(accum=1, clip=-1.0, warmup_epochs=0.0, decay_epochs=2.0):
+    return ConfigDict(dict(accum=accum, clip=clip, warmup_epochs=warmup_epochs, decay_epochs=decay_epochs))
 
 
 # ---- The official loop (src/main.py::train_one_epoch with WarmupLR), in torch, on a tiny problem --------------------
@@ -85,17 +80,9 @@ def official_loop(p0, data, name, lr, accum, clip, warmup_epochs, decay_epochs):
     return history
 
 
-def as_orca_params(p):
-    """The tiny problem's parameters under OrcaModel-like paths: q is a query/key/value projection, m an MLP
-    kernel."""
-    layer = {"attention": {"qkv": {"kernel": p["q"]}}, "mlp_in": {"kernel": p["m"]}}
-    return {"embedder": {"w": p["w"]}, "body": {"layers": {0: layer}}, "head": {"b": p["b"]}}
-
-
-def from_orca_params(params):
-    layer = params["body"]["layers"][0]
-    return dict(w=params["embedder"]["w"], q=layer["attention"]["qkv"]["kernel"], m=layer["mlp_in"]["kernel"],
-                b=params["head"]["b"])
+# The tiny problem's parameters under OrcaModel-like paths: q is a query/key/value projection, m an MLP kernel.
+TINY_PATHS = {"w": ("embedder", "w"), "q": ("body", "layers", 0, "attention", "qkv", "kernel"),
+              "m": ("body", "layers", 0, "mlp_in", "kernel"), "b": ("head", "b")}
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")  # the official order
@@ -111,19 +98,19 @@ def test_refine_optimizer_equals_the_official_loop(name, clip):
     expected = official_loop(p0, data, name, lr, 3, clip, warmup_epochs, decay_epochs)
 
     opt_config = optimizer_config(name, lr, TORCH_OPTIMIZERS[name][1]["weight_decay"])
-    optimizer = make_finetune_optimizer(opt_config, refine_config("non-attn", 3, clip, warmup_epochs, decay_epochs), 7)
-    grad = jax.grad(lambda params, x, y: tiny_loss(**from_orca_params(params), x=x, y=y))
+    optimizer = refine_optimizer(opt_config, refine_config(3, clip, warmup_epochs, decay_epochs), 7)
+    trains = {k: is_trainable("non-attn", path) for k, path in TINY_PATHS.items()}
+    assert trains == {"w": True, "q": False, "m": True, "b": True}
+    params = {k: jnp.asarray(v) for k, v in p0.items() if trains[k]}  # the refine stage's split: q stays out
+    grad = jax.grad(lambda params, x, y: tiny_loss(q=jnp.asarray(p0["q"]), **params, x=x, y=y))
     update = jax.jit(optimizer.update)
-    params = as_orca_params({k: jnp.asarray(v) for k, v in p0.items()})
     state = optimizer.init(params)
     for step, want in enumerate(expected):
         epoch, i = divmod(step, 7)
         updates, state = update(grad(params, data[0][epoch, i], data[1][epoch, i]), state, params)
         params = optax.apply_updates(params, updates)
-        got = from_orca_params(params)
         for k in "wmb":
-            np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=2e-6, err_msg=f"{k} after micro-batch {step}")
-    assert np.asarray(got["q"]).tobytes() == p0["q"].tobytes()
+            np.testing.assert_allclose(params[k], want[k], rtol=2e-5, atol=2e-6, err_msg=f"{k} after micro-batch {step}")
     assert not np.allclose(expected[-1]["w"], p0["w"])  # it did train
 
 
@@ -213,43 +200,36 @@ def officially_trained_name(name, mode):
 
 @pytest.mark.parametrize("build", [tiny_text_model, tiny_swin_model])
 def test_each_mode_trains_exactly_its_parameters(build):
-    """One AdamW update with weight decay from nonzero parameters: frozen ones bitwise unchanged, all others moved."""
+    """One AdamW update with weight decay from nonzero parameters, through the refine stage's split: frozen ones
+    bitwise unchanged, all others moved, and the moved set is the official rule's."""
     model, x = build()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params = jax.tree.map(lambda p: p + 0.05, params)  # no parameter at 0, so weight decay alone moves it
-    grads = jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(x) ** 2)))(params)
-    before = dict(nnx.to_flat_state(params))
+    nnx.update(model, jax.tree.map(lambda p: p + 0.05, nnx.state(model, nnx.Param)))  # no parameter at 0
+    before = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     names = {path: official_names(path) for path in before}
     assert any("downsample.norm" in name for group in names.values() for name in group) == (build is tiny_swin_model)
     for mode in FINETUNE_MODES:
-        optimizer = make_finetune_optimizer(optimizer_config("adamw", 0.1, 0.1), refine_config(mode, clip=1.0), 4)
+        graphdef, params, frozen = nnx.split(model, trainable(mode), ...)
+        grads = jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, frozen)(x) ** 2)))(params)
+        optimizer = refine_optimizer(optimizer_config("adamw", 0.1, 0.1), refine_config(clip=1.0), 4)
         updates, _ = optimizer.update(grads, optimizer.init(params), params)
-        after = dict(nnx.to_flat_state(optax.apply_updates(params, updates)))
+        trained = nnx.merge(graphdef, optax.apply_updates(params, updates), frozen)
+        after = dict(nnx.to_flat_state(nnx.state(trained, nnx.Param)))
         moved = {path for path in before if bytes(np.asarray(after[path][...])) != bytes(np.asarray(before[path][...]))}
         expected = {path for path, name in names.items() if officially_trained(name, mode)}
         assert moved == expected, f"{mode}: moved but frozen {moved - expected}, frozen but trained {expected - moved}"
         assert all(is_trainable(mode, path) == (path in expected) for path in before)
 
 
-def test_a_trainer_may_differentiate_only_the_trainable_part():
-    """The optimizer on the trainable subtree (split with trainable_filter) gives the same update as on everything."""
-    model, x = tiny_text_model()
-    mode = "layernorm"
-    graphdef, trainable, frozen = nnx.split(model, nnx.All(nnx.Param, trainable_filter(mode)), ...)
-    assert all(jax.tree.leaves(trainable_mask(trainable, mode)))
-    grads = jax.grad(lambda t: jnp.sum(nnx.merge(graphdef, t, frozen)(x) ** 2))(trainable)
-    optimizer = make_finetune_optimizer(optimizer_config("sgd", 0.1, 0.01), refine_config(mode), 4)
-    updates, _ = optimizer.update(grads, optimizer.init(trainable), trainable)
-    g2, params, rest = nnx.split(model, nnx.Param, ...)
-    full_grads = jax.grad(lambda p: jnp.sum(nnx.merge(g2, p, rest)(x) ** 2))(params)
-    full_updates, _ = optimizer.update(full_grads, optimizer.init(params), params)
-    full = dict(nnx.to_flat_state(full_updates))
-    for path, value in nnx.to_flat_state(updates):
-        np.testing.assert_allclose(value[...], full[path][...], rtol=1e-6, atol=1e-8)
+def test_the_align_stage_trains_the_embedder_alone():
+    model, _ = tiny_text_model()
+    _, embedder, rest = nnx.split(model, align_trainable(), ...)
+    assert {path[0] for path, _ in nnx.to_flat_state(embedder)} == {"embedder"}
+    assert "embedder" not in {path[0] for path, _ in nnx.to_flat_state(rest)}
+    assert ALIGN_RULES[-1] == (".*", False)  # anything the embedder rule misses stays frozen
 
 
 def test_bad_mode_and_foreign_parameters_are_named():
     with pytest.raises(ValueError, match="'layer-norm' is not one of"):
-        make_finetune_optimizer(optimizer_config("sgd", 0.1, 0.0), refine_config("layer-norm"), 4)
+        trainable("layer-norm")
     with pytest.raises(ValueError, match=r"does not start with one of \('embedder', 'body', 'head'\)"):
-        trainable_mask({"encoder": {"w": jnp.ones(2)}}, "all")
+        is_trainable("all", ("encoder", "w"))
