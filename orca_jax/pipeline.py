@@ -172,11 +172,8 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
     with PreemptionGuard() as preemption:
         if config.align.epochs > 0:
             source = load_source_features(config, model)
-            result = run_align(
-                model, task.train.x, labels, (source.features, source.labels), config.align,
-                config.optimizer, batch_size=config.batch_size, mesh=mesh, workdir=workdir, seed=config.seed,
-                data=config.data, mesh_config=config.mesh, preemption=preemption,
-            )
+            result = run_align(model, task.train.x, labels, (source.features, source.labels), config, mesh=mesh,
+                               workdir=workdir, preemption=preemption)
             summary["align"] = {
                 "objective": config.align.objective,
                 "distance_before": result.distance_before,
@@ -192,10 +189,8 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
             summary["init_embedder"] = str(config.refine.init_embedder)
         if distance_only:
             source = load_source_features(config, model)
-            distance = measure_distance(
-                model, task.train.x, labels, (source.features, source.labels), config.align,
-                config.optimizer, batch_size=config.batch_size, mesh=mesh, seed=config.seed, mesh_config=config.mesh,
-            )
+            distance = measure_distance(model, task.train.x, labels, (source.features, source.labels), config,
+                                        mesh=mesh)
             summary["align"] = {"objective": config.align.objective, "epochs": 0, "distance_before": distance,
                                 "distance_after": distance}
         if config.refine.epochs > 0:

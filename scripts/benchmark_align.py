@@ -57,12 +57,12 @@ def ours_seconds_per_epoch(width: int, solver: str, epochs: int) -> float:
     # The schema's defaults (official values), so that fields added to the stage need no change here.
     config = base_config()
     align, optimizer = config.align, config.optimizer
+    config.batch_size = 32
     align.update(epochs=epochs, objective="otdd-exact", solver=solver, epsilon=0.1, maxsamples=128,
                  checkpoint_every=10**6)
     optimizer.update(name="adamw", learning_rate=1e-5, weight_decay=0.0)
     with tempfile.TemporaryDirectory() as workdir:
-        result = run_align(model, x, y, (src_x, src_y), align, optimizer, batch_size=32, mesh=make_mesh(),
-                           workdir=Path(workdir))
+        result = run_align(model, x, y, (src_x, src_y), config, mesh=make_mesh(), workdir=Path(workdir))
     seconds = [r["seconds"] for r in result.history]
     return (seconds[-1] - seconds[0]) / (len(seconds) - 1)  # the first epoch includes compilation
 

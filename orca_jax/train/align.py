@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +45,8 @@ from orca_jax.parallel import (
     place,
     replicated,
 )
-from orca_jax.train.checkpoints import StageCheckpoints, load_tree, save_tree
-from orca_jax.train.run_log import RunLog
+from orca_jax.train.checkpoints import load_tree, save_tree
+from orca_jax.train.stage import StageRun
 from orca_jax.workdir import write_file
 from orca_jax.train.finetune import align_trainable
 from orca_jax.train.optimizers import align_optimizer
@@ -268,35 +267,34 @@ class _Stage:
     weights: jax.Array
 
     @classmethod
-    def build(cls, model, train_x, train_labels, source, config, optimizer_config, *, batch_size, mesh, mesh_config):
+    def build(cls, model, train_x, train_labels, source, config, *, mesh):
+        align = config.align
         devices = mesh.shape["data"] * mesh.shape["fsdp"]
-        sampler = ClassSampler.build(train_labels, config.maxsamples, batch_size, multiple_of=devices)
-        objective = build_objective(config.objective, *source, solver=config.solver, epsilon=config.epsilon)
+        sampler = ClassSampler.build(train_labels, align.maxsamples, config.batch_size, multiple_of=devices)
+        objective = build_objective(align.objective, *source, solver=align.solver, epsilon=align.epsilon)
         if objective is None:
             raise ValueError("align objective 'none' means no align stage: set align.epochs = 0 instead.")
-        optimizer, schedule = align_optimizer(optimizer_config, config)
+        optimizer, schedule = align_optimizer(config.optimizer, align)
         graphdef, embedder, rest = nnx.split(model, align_trainable(), ...)
-        rules = dict(rules=mesh_config.rules, min_shard_bytes=mesh_config.min_shard_bytes) if mesh_config else {}
+        rules = dict(rules=config.mesh.rules, min_shard_bytes=config.mesh.min_shard_bytes)
         shardings = param_shardings(embedder, mesh, **rules)
         # The step donates the embedder's buffers: train on a copy, so the model stays intact if the run stops early.
         embedder, rest = place(embedder, shardings), place(rest, param_shardings(rest, mesh, **rules))
         rep = replicated(mesh)
         objective = place(objective, jax.tree.map(lambda _: rep, objective))  # built on this process's first device
-        step = AlignStep(graphdef, optimizer, train_x, mesh, config.chunk_classes)
+        step = AlignStep(graphdef, optimizer, train_x, mesh, align.chunk_classes)
         return cls(sampler, objective, schedule, optimizer, embedder, rest, shardings, step,
                    jax.device_put(sampler.weights, rep))
 
 
-def measure_distance(model, train_x, train_labels, source, config, optimizer_config, *, batch_size: int, mesh: Mesh,
-                     seed: int = 0, mesh_config=None) -> float:
+def measure_distance(model, train_x, train_labels, source, config, *, mesh: Mesh) -> float:
     """The align objective's distance of `model.embedder` as it is, on the fixed sample an align run measures before
     and after: where an embedder that was not aligned (the no-alignment ablations, a borrowed aligned embedder)
-    stands on the paper's distance-versus-accuracy plot."""
-    stage = _Stage.build(model, train_x, train_labels, source, config, optimizer_config, batch_size=batch_size,
-                         mesh=mesh, mesh_config=mesh_config)
-    sample = fixed_sample(ClassSamples(stage.sampler, 1, seed), seed)
+    stands on the paper's distance-versus-accuracy plot. Arguments as `run_align`'s."""
+    stage = _Stage.build(model, train_x, train_labels, source, config, mesh=mesh)
+    sample = fixed_sample(ClassSamples(stage.sampler, 1, config.seed), config.seed)
     return float(stage.step.distance(stage.embedder, stage.rest, stage.objective, sample, stage.weights,
-                                     jax.random.key(seed)))
+                                     jax.random.key(config.seed)))
 
 
 def run_align(
@@ -305,82 +303,66 @@ def run_align(
     train_labels: np.ndarray,
     source: tuple[np.ndarray, np.ndarray],
     config,
-    optimizer_config,
     *,
-    batch_size: int,
     mesh: Mesh,
     workdir: epath.PathLike,
-    seed: int = 0,
-    data=None,
-    mesh_config=None,
     preemption: PreemptionGuard | None = None,
+    step_offset: int = 0,
 ) -> AlignResult:
     """Aligns `model.embedder` in place, resuming from `workdir/align` if a previous run was interrupted.
 
-    `config` is the config's `align` section, `optimizer_config` the fine-tuning optimizer (its family, and 10x its
-    learning rate, are the embedder's) and `batch_size` the task's (it sets how many examples a class draws); `data`
-    the config's input-pipeline section and `mesh_config` its mesh section (sharding rules; None: defaults).
-    `preemption` (default: a guard of its own) stops the stage at an epoch boundary after SIGTERM or Ctrl-C, with a
-    checkpoint; its step numbers are the epochs. Writes `align_metrics.jsonl` and TensorBoard scalars as it goes, then
-    `align_distance.png`, `align_summary.json` and the aligned embedder (`aligned_embedder/`) into `workdir`.
+    `train_labels` group the training inputs `train_x` into classes (pseudo-labels for targets that are not
+    classes), `source` is the body's (features, labels); `config` the whole config: its `align` section, the
+    fine-tuning `optimizer` (its family, and 10x its learning rate, are the embedder's), `batch_size` (it sets how
+    many examples a class draws), `seed`, `data` (the input pipeline) and `mesh` (sharding rules). `preemption` and
+    `step_offset` as `run_refine`'s; the stage's step numbers are its epochs. Writes `align_metrics.jsonl` and
+    TensorBoard scalars as it goes, then `align_distance.png`, `align_summary.json` and the aligned embedder
+    (`aligned_embedder/`) into `workdir`.
     """
     workdir = epath.Path(workdir)
-    stage = _Stage.build(model, train_x, train_labels, source, config, optimizer_config, batch_size=batch_size,
-                         mesh=mesh, mesh_config=mesh_config)
+    align, seed = config.align, config.seed
+    stage = _Stage.build(model, train_x, train_labels, source, config, mesh=mesh)
     sampler, objective, embedder, rest = stage.sampler, stage.objective, stage.embedder, stage.rest
     schedule, step, weights = stage.schedule, stage.step, stage.weights
     opt_state, _ = init_optimizer(stage.optimizer, embedder, stage.shardings)
-    samples = ClassSamples(sampler, config.epochs, seed)
+    samples = ClassSamples(sampler, align.epochs, seed)
     fixed = fixed_sample(samples, seed)
     key = jax.random.key(seed)
-    checkpoints = StageCheckpoints(workdir / "align")
-    # `seconds`: the stage's time in earlier attempts, up to the checkpoint this one resumed from.
-    start, position = 0, {"history": [], "distance_before": None, "data": None, "seconds": 0.0}
-    restored = checkpoints.restore({"embedder": embedder, "opt_state": opt_state})
-    if restored is not None:
-        start, state, position = restored
-        embedder, opt_state = state["embedder"], state["opt_state"]
+    run = StageRun("align", workdir, preemption=preemption, step_offset=step_offset)
+    start, state, position = run.restore({"embedder": embedder, "opt_state": opt_state},
+                                         {"history": [], "distance_before": None, "data": None, "seconds": 0.0})
+    embedder, opt_state = state["embedder"], state["opt_state"]
+    if start:
         log.info("align: resumed after epoch %d from %s", start, workdir / "align")
     history = position["history"]
     if position["distance_before"] is None:
         position["distance_before"] = float(step.distance(embedder, rest, objective, fixed, weights, key))
-    t0, earlier_seconds = time.perf_counter(), position.get("seconds", 0.0)  # absent in older checkpoints
-    run_log = RunLog(workdir, "align")
-    threads, prefetch = (data.threads, data.prefetch) if data is not None else (1, 2)
-    inputs = iterate(samples, state=position["data"], threads=threads, prefetch=prefetch)
-    bar = tqdm(range(start, config.epochs), desc="align", unit="epoch", initial=start, total=config.epochs,
+    data = config.data
+    inputs = iterate(samples, state=position["data"], threads=data.threads, prefetch=data.prefetch,
+                     workers=data.workers)
+    bar = tqdm(range(start, align.epochs), desc="align", unit="epoch", initial=start, total=align.epochs,
                disable=not is_main_process())
-    with preemption or PreemptionGuard() as guard:
+    with run:
         for epoch in bar:
             lr = float(schedule(epoch))
             embedder, opt_state, value = step(
                 embedder, rest, opt_state, objective, next(inputs), weights, jax.random.fold_in(key, epoch)
             )
-            if not np.isfinite(float(value)):
-                checkpoints.wait()
-                raise FloatingPointError(
-                    f"align: the distance is {float(value)} at epoch {epoch + 1}; stopped without saving "
-                    f"({checkpoints.kept('epoch')}). "
-                    "Lower optimizer.learning_rate or align.lr_multiplier, or check the inputs."
-                )
-            history.append({"epoch": epoch + 1, "distance": float(value), "lr": lr,
-                            "seconds": earlier_seconds + time.perf_counter() - t0})
-            run_log.write(history)
+            run.check_finite(float(value), "distance", f"epoch {epoch + 1}", "epoch",
+                             "Lower optimizer.learning_rate or align.lr_multiplier, or check the inputs.")
+            history.append({"epoch": epoch + 1, "distance": float(value), "lr": lr, "seconds": run.seconds})
+            run.log.write(history)
             bar.set_postfix(distance=f"{history[-1]['distance']:.4g}")
-            stop = guard.should_stop(epoch)
-            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or stop:
-                position.update(data=inputs.get_state(), seconds=earlier_seconds + time.perf_counter() - t0)
-                checkpoints.save(epoch + 1, {"embedder": embedder, "opt_state": opt_state}, position)
-            if stop and epoch + 1 < config.epochs:
-                checkpoints.wait()
-                raise guard.stopped("align", f"after epoch {epoch + 1}")
-    checkpoints.wait()
-    run_log.close()
-    seconds = earlier_seconds + time.perf_counter() - t0
+            stop = run.should_stop(epoch)
+            if (epoch + 1) % align.checkpoint_every == 0 or epoch + 1 == align.epochs or stop:
+                position.update(data=inputs.get_state())
+                run.save(epoch + 1, {"embedder": embedder, "opt_state": opt_state}, position)
+            if stop and epoch + 1 < align.epochs:
+                run.stop(f"after epoch {epoch + 1}")
     after = float(step.distance(embedder, rest, objective, fixed, weights, key))
     nnx.update(model, embedder)
-    result = AlignResult(position["distance_before"], after, history, seconds)
-    write_align_outputs(model, result, workdir, config)
+    result = AlignResult(position["distance_before"], after, history, run.seconds)
+    write_align_outputs(model, result, workdir, align)
     return result
 
 

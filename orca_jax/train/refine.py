@@ -52,12 +52,12 @@ from orca_jax.parallel import (
     process_rows,
     replicated,
 )
-from orca_jax.train.checkpoints import StageCheckpoints, TreeWriter, load_tree
+from orca_jax.train.checkpoints import TreeWriter, load_tree
 from orca_jax.train.finetune import trainable
 from orca_jax.train.metrics import MetricAccumulator
 from orca_jax.train.objective import TaskObjective
 from orca_jax.train.optimizers import refine_optimizer
-from orca_jax.train.run_log import RunLog
+from orca_jax.train.stage import StageRun
 from orca_jax.workdir import write_file
 
 log = logging.getLogger(__name__)
@@ -182,34 +182,31 @@ def run_refine(
     train_step, eval_step = make_steps(graphdef, optimizer, objective, mesh, (shardings, opt_shardings))
     val_batch, test_batch = evaluation_batches(len(task.val), len(task.test), config.eval_batch_size)
 
-    checkpoints = StageCheckpoints(workdir / "refine")
     best_dir = workdir / "refine_best"
     best_writer = TreeWriter(best_dir)
+    run = StageRun("refine", workdir, preemption=preemption, step_offset=step_offset, writers=(best_writer,))
     # Where the run is, and what a restart needs to continue it exactly (a part-done epoch's losses, the input
     # iterator's state).
-    # `seconds`: the stage's time in earlier attempts, up to the checkpoint this one resumed from.
-    position = {"epoch": 0, "step": 0, "losses": [], "history": [], "best_epoch": 0, "best_val": None, "data": None,
-                "seconds": 0.0}
-    restored = checkpoints.restore({"params": params, "opt_state": opt_state})
-    if restored is not None:
-        _, state, position = restored
-        params, opt_state = state["params"], state["opt_state"]
+    restored_step, state, position = run.restore(
+        {"params": params, "opt_state": opt_state},
+        {"epoch": 0, "step": 0, "losses": [], "history": [], "best_epoch": 0, "best_val": None, "data": None,
+         "seconds": 0.0},
+    )
+    params, opt_state = state["params"], state["opt_state"]
+    if restored_step:
         log.info("refine: resuming at epoch %d, step %d", position["epoch"] + 1, position["step"])
 
     def save(epoch: int, step: int, losses: list[float], data_state: dict) -> None:
-        position.update(epoch=epoch, step=step, losses=losses, data=data_state,
-                        seconds=earlier_seconds + time.perf_counter() - t0)
-        checkpoints.save(epoch * steps_per_epoch + step, {"params": params, "opt_state": opt_state}, position)
+        position.update(epoch=epoch, step=step, losses=losses, data=data_state)
+        run.save(epoch * steps_per_epoch + step, {"params": params, "opt_state": opt_state}, position)
 
     key = jax.random.key(seed)
-    run_log = RunLog(workdir, "refine")
-    t0, earlier_seconds = time.perf_counter(), position.get("seconds", 0.0)  # absent in older checkpoints
     sign = 1.0 if objective.higher_is_better else -1.0
     data = config.data
     inputs = iterate(batches, state=position["data"], threads=data.threads, prefetch=data.prefetch,
                      workers=data.workers)
     stopped = None
-    with preemption or PreemptionGuard() as guard:
+    with run:
         for epoch in range(position["epoch"], refine.epochs):
             resuming = epoch == position["epoch"]
             first = position["step"] if resuming else 0
@@ -228,29 +225,23 @@ def run_refine(
                     meta, jax.random.fold_in(key, global_step),
                 )
                 losses.append(float(loss))
-                if not np.isfinite(losses[-1]):
-                    checkpoints.wait(), best_writer.wait()
-                    raise FloatingPointError(
-                        f"refine: the training loss is {losses[-1]} at epoch {epoch + 1}, step {step + 1}; stopped "
-                        f"without saving ({checkpoints.kept('step')}). Lower optimizer.learning_rate, set refine.clip, "
-                        "or check the inputs and targets."
-                    )
+                run.check_finite(losses[-1], "training loss", f"epoch {epoch + 1}, step {step + 1}", "step",
+                                 "Lower optimizer.learning_rate, set refine.clip, or check the inputs and targets.")
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
-                if guard.should_stop(step_offset + global_step):
+                if run.should_stop(global_step):
                     if step + 1 < steps_per_epoch:
                         save(epoch, step + 1, losses, inputs.get_state())
-                        checkpoints.wait(), best_writer.wait()
-                        raise guard.stopped("refine", f"at epoch {epoch + 1}, step {step + 1}")
+                        run.stop(f"at epoch {epoch + 1}, step {step + 1}")
                     stopping = True  # on an epoch's last step the epoch finishes: its checkpoint is the stop's
             steps_end = time.perf_counter()
             val = evaluate(eval_step, params, frozen, task.val, val_batch, objective.metric, mesh, data).result()
             # seconds: the stage's, over its attempts; step_seconds: this epoch's training steps, the rest being
             # evaluation and bookkeeping.
             record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
-                      f"val_{objective.metric}": val, "seconds": earlier_seconds + time.perf_counter() - t0,
+                      f"val_{objective.metric}": val, "seconds": run.seconds,
                       "step_seconds": steps_end - epoch_start}
             position["history"].append(record)
-            run_log.write(position["history"])
+            run.log.write(position["history"])
             if position["best_val"] is None or sign * val > sign * position["best_val"]:
                 position.update(best_epoch=epoch + 1, best_val=val)
                 if refine.select == "best":
@@ -265,14 +256,8 @@ def run_refine(
                 log.info("refine: stopped after epoch %d: %s", epoch + 1, reason)
                 break
             if stopping and not last:
-                checkpoints.wait(), best_writer.wait()
-                raise guard.stopped("refine", f"at the end of epoch {epoch + 1}")
-    checkpoints.wait()
-    best_writer.wait()
-    run_log.close()
-    seconds = earlier_seconds + time.perf_counter() - t0
-    if refine.select not in REFINE_SELECTIONS:
-        raise ValueError(f"refine.select={refine.select!r}; use one of {REFINE_SELECTIONS}.")
+                run.stop(f"at the end of epoch {epoch + 1}")
+    seconds = run.seconds
     if refine.select == "best":
         best = load_tree(best_dir, params)
         if best is None:

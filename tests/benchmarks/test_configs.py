@@ -18,8 +18,9 @@ from orca_jax.data.types import Split, Task
 from orca_jax.ot import MMDLoss
 from orca_jax.parallel import init_optimizer, make_mesh, replicated
 from orca_jax.pipeline import build_model
-from orca_jax.train.align import EMBEDDER, AlignStep
-from orca_jax.train.finetune import make_finetune_optimizer, trainable_filter
+from orca_jax.train.align import AlignStep
+from orca_jax.train.finetune import align_trainable, trainable
+from orca_jax.train.optimizers import refine_optimizer as make_refine_optimizer
 from orca_jax.train.objective import make_objective
 from orca_jax.train.refine import make_steps
 from tests.benchmarks.published import REAL_SHAPES
@@ -219,7 +220,7 @@ def test_every_config_takes_an_align_and_a_refine_step_on_the_published_shapes(k
     # One align update: two classes of two examples against 20 random source features of the body's width.
     width = jax.eval_shape(model.features, jax.ShapeDtypeStruct((1, *shape), jnp.float32)).shape[-1]
     source = np.random.default_rng(1).normal(size=(20, width)).astype(np.float32)
-    graphdef, embedder, rest = nnx.split(model, EMBEDDER, ...)
+    graphdef, embedder, rest = nnx.split(model, align_trainable(), ...)
     optimizer = optax.adam(1e-3)
     align = AlignStep(graphdef, optimizer, task.train.x, mesh)
     sample = {"index": np.array([[0, 2], [1, 3]]), "mask": np.ones((2, 2), bool)}
@@ -235,9 +236,8 @@ def test_every_config_takes_an_align_and_a_refine_step_on_the_published_shapes(k
     # would make a first update of accum = 1 a no-op.
     accum = config.refine.accum = min(config.refine.accum, 2)
     config.refine.warmup_epochs = 0
-    refine_optimizer = make_finetune_optimizer(config.optimizer, config.refine, steps_per_epoch=accum)
-    graphdef, params, frozen = nnx.split(model, nnx.All(nnx.Param, trainable_filter(config.refine.finetune_method)),
-                                         ...)
+    refine_optimizer = make_refine_optimizer(config.optimizer, config.refine, steps_per_epoch=accum)
+    graphdef, params, frozen = nnx.split(model, trainable(config.refine.finetune_method), ...)
     shardings = jax.tree.map(lambda _: replicated(mesh), params)
     params = jax.device_put(params, shardings)  # laid out as the step returns them: one compilation
     opt_state, opt_shardings = init_optimizer(refine_optimizer, params, shardings)

@@ -24,8 +24,11 @@ OPTIMIZER = ConfigDict(dict(name="adamw", learning_rate=1e-3, weight_decay=0.0, 
 
 
 def align_config(epochs, **overrides):
-    config = base_config().align
-    config.update(dict(epochs=epochs, maxsamples=24, checkpoint_every=2, **overrides))
+    """The whole config an align run reads: its align section as given, the test's optimizer, batches of 8."""
+    config = base_config()
+    config.align.update(dict(epochs=epochs, maxsamples=24, checkpoint_every=2, **overrides))
+    config.optimizer.update(OPTIMIZER)
+    config.batch_size = 8
     return config
 
 
@@ -54,8 +57,8 @@ def make_model(body_dir):
 
 def align(model, task, workdir, epochs, mesh=None, **overrides):
     x, y, source = task
-    return run_align(model, x, y, source, align_config(epochs, **overrides), OPTIMIZER, batch_size=8,
-                     mesh=mesh or make_mesh(), workdir=workdir)
+    return run_align(model, x, y, source, align_config(epochs, **overrides), mesh=mesh or make_mesh(),
+                     workdir=workdir)
 
 
 def test_sampler_follows_the_official_exceed_maxsamples_rule():

@@ -13,9 +13,10 @@ from orca_jax.models import from_pretrained
 from orca_jax.models.embedders import SequenceEmbedder
 from orca_jax.models.heads import ClassificationHead
 from orca_jax.models.orca import OrcaModel
-from orca_jax.parallel import bytes_per_device, make_mesh
-from orca_jax.train.finetune import trainable_filter
+from orca_jax.parallel import make_mesh
+from orca_jax.train.finetune import trainable
 from orca_jax.train.refine import evaluation_batch, evaluation_batches, run_refine
+from tests.parallel.shards import bytes_per_device
 from tests.text_checkpoints import save_tiny_text_model
 
 
@@ -78,7 +79,7 @@ def test_refine_on_8_devices_equals_one_device(body_dir, tmp_path, data, fsdp, b
     assert r1.test == pytest.approx(r8.test, abs=1e-9)
     # The fine-tuned model keeps the run's layout: with fsdp = 4 each device holds about a quarter of the trained
     # parameters (the rest of the bytes: tensors with no dimension divisible by 4).
-    trained = nnx.state(eight, nnx.All(nnx.Param, trainable_filter("all")))
+    trained = nnx.state(eight, trainable("all"))
     held = bytes_per_device(trained)
     whole = sum(leaf.nbytes for leaf in jax.tree.leaves(trained))
     assert len(held) == 8
@@ -117,10 +118,10 @@ def test_bfloat16_compute_over_float32_weights_keeps_updates_at_official_learnin
     for name, param_dtype, dtype in [("f32", jnp.float32, jnp.float32), ("mixed", jnp.float32, jnp.bfloat16),
                                      ("bf16", jnp.bfloat16, jnp.bfloat16)]:
         model = make_model(body_dir, param_dtype, dtype)
-        before = nnx.state(model, nnx.All(nnx.Param, trainable_filter("all")))
+        before = nnx.state(model, trainable("all"))
         before = jax.tree.map(np.asarray, before)
         result = refine(model, task, config, mesh=make_mesh(), workdir=tmp_path / name)
-        after = jax.tree.map(np.asarray, nnx.state(model, nnx.All(nnx.Param, trainable_filter("all"))))
+        after = jax.tree.map(np.asarray, nnx.state(model, trainable("all")))
         changed = [bool(np.any(a != b)) for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before))]
         runs[name] = (result, changed, {a.dtype for a in jax.tree.leaves(after)})
     mixed, f32, bf16 = runs["mixed"], runs["f32"], runs["bf16"]
