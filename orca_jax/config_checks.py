@@ -51,8 +51,6 @@ from orca_jax.weights.checkpoint_files import (
     resolve_checkpoint,
 )
 
-# refine.py tests `select == "best"` and treats anything else as "last"; it has no registry of its own to import.
-
 
 class ConfigError(ValueError):
     """Every problem found in a config; `problems` holds the lines, one per problem."""

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orca_jax.data.kinds import CLASS_WEIGHTINGS, TaskKind, get_task_kind
+from orca_jax.data.kinds import TaskKind, get_task_kind
 from orca_jax.data.types import DataError, Task
 from orca_jax.train.losses import get_loss
 from orca_jax.train.metrics import get_metric
@@ -99,12 +99,8 @@ def make_objective(task: Task, task_config) -> TaskObjective:
     kind = get_task_kind(task.kind)
     c = task_config
     loss_name, metric = c.loss or kind.loss, c.metric or kind.metric
-    get_loss(loss_name), get_metric(metric)
+    # Names are checked before any work (`config_checks`); what depends on the task's kind is checked here.
     weighting = c.class_weighting or kind.class_weighting
-    if weighting not in CLASS_WEIGHTINGS:
-        raise ValueError(f"task.class_weighting={weighting!r}; use one of {CLASS_WEIGHTINGS}.")
-    if c.normalize_targets not in NORMALIZATIONS:
-        raise ValueError(f"task.normalize_targets={c.normalize_targets!r}; use one of {NORMALIZATIONS}.")
     if weighting != "none" and loss_name != "cross_entropy":
         raise ValueError(f"task.class_weighting={weighting!r} weights cross-entropy, but the loss is {loss_name!r}; "
                          "set task.class_weighting=none.")
