@@ -157,7 +157,7 @@ def gradient_boosting(task, objective, seed):
 
     grid = [{"learning_rate": lr, "max_leaf_nodes": leaves} for lr in (0.05, 0.2) for leaves in (7, 31)]
     # One OpenMP thread: on a busy machine (a sweep's own JAX threads, parallel test workers) its spinning threads
-    # took 200 times as long on a small table; tables are small enough for one.
+    # slow a small table down by orders of magnitude (docs/results.md, "Design measurements").
     with threadpool_limits(limits=1, user_api="openmp"):
         return _probabilistic(task, objective, _flat(task), grid, make)
 

@@ -24,9 +24,8 @@ replicated. A rule is one of
 `DEFAULT_RULES = ((".*", "fsdp"),)` with `MIN_SHARD_BYTES` = 1 MiB: for the bodies ORCA fine-tunes, every matrix
 of roberta-base (768 x 768 and up) is split, and only biases, norms, token-type embeddings and Swin's smallest
 early-stage matrices stay replicated. Since "fsdp" falls back to replication, the default rules are safe with any
-fsdp size, fsdp = 1 included. Per device, with the refine stage's AdamW state (fine-tune mode "all"), from the
-shardings of the whole OrcaModel: roberta-base 477 MiB of parameters + 652 MiB of state at fsdp = 1, 0.251 of that
-at fsdp = 4, 0.126 at fsdp = 8; swin-base 331 + 662 MiB, 0.261 and 0.138.
+fsdp size, fsdp = 1 included. What that saves per device is measured by `scripts/memory_per_device.py`
+(docs/results.md, "Scale").
 
 Config (`config.mesh`): `rules` a tuple of (regex, rule) pairs, `min_shard_bytes` an int. ml_collections holds
 tuples and overrides them from the command line by Python literal, e.g.

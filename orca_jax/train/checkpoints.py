@@ -55,9 +55,9 @@ def _write_replicated_arrays_whole() -> None:
 
     Replica-parallel writing (Orbax's default on CPU and TPU) slices each replicated array on the devices, so that
     every replica writes a part. That spreads the writing over hosts. On one process all the parts are written
-    by the same process anyway, and every slice is an eager `slice` that is compiled once per array shape. On a
-    tiny model on 8 CPU devices that made a run's first saves block for 0.9 s and 1.9 s. Each later checkpoint
-    blocked for 0.25 s; without slicing it blocks for 0.01-0.06 s. Several CPU processes are a test set-up on one
+    by the same process anyway, and every slice is an eager `slice` that is compiled once per array shape, which
+    made a tiny model's saves block several times longer (docs/results.md, "Per-epoch bookkeeping"). Several CPU
+    processes are a test set-up on one
     machine, where the slicing costs the same. Accelerator pods with several processes keep Orbax's default.
     Orbax keeps one handler registry per process, so this is set there. It is set when a stage first saves, once
     `jax.distributed` has set the process count (which does not change after), and only once. The new handler keeps
