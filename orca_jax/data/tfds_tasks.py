@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from orca_jax.data.types import DataError, Split, TaskData
+from orca_jax.data.types import DataError, LazyArray, Split, TaskData
 
 
-class TfdsColumn:
+class TfdsColumn(LazyArray):
     """One feature of a tfds data source as a lazily read array `[N, *shape]` (batch reads through
     `__getitems__`)."""
 
@@ -28,22 +28,8 @@ class TfdsColumn:
         shape = example.shape + ((1,) if add_channel else ())
         self.shape, self.dtype = (len(source), *shape), example.dtype
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __array__(self, dtype=None, copy=None):
-        return np.asarray(self[np.arange(len(self))], dtype=dtype)
-
-    def __getitem__(self, rows):
-        if np.ndim(rows) == 0:
-            if not -len(self) <= int(rows) < len(self):
-                raise IndexError(f"row {rows} of a column of {len(self)}")
-            return self[np.asarray([int(rows) % len(self)])][0]
-        records = self.source.__getitems__([int(r) for r in np.asarray(rows)])
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        records = self.source.__getitems__([int(r) for r in rows])
         values = np.stack([np.asarray(record[self.key]) for record in records]).astype(self.dtype, copy=False)
         return values[..., None] if self.add_channel else values
 

@@ -1,10 +1,10 @@
 """The data types every task source and consumer shares: a `Split` of arrays, a loader's `TaskData`, the assembled
-`Task`, the lazy row selection `Rows`, and `DataError`. Kept apart from the loaders (orca_jax/data/tasks.py and the
+`Task`, the lazy-array protocol `LazyArray` with its row selection `Rows`, and `DataError`. Kept apart from the loaders (orca_jax/data/tasks.py and the
 sources it dispatches to) so that a source imports the types without importing the dispatch that imports it.
 
 Arrays: a split's `x` and `y` may be anything with `shape`, `dtype`, `len()` and indexing by an integer array of
 rows: NumPy arrays, memory-mapped arrays (`np.load(path, mmap_mode="r")`), or a lazy reader of files too large for
-memory (see `Rows`). Batches are read through those indices only (`orca_jax.data.loader`), so a task's size never
+memory (a `LazyArray`). Batches are read through those indices only (`orca_jax.data.loader`), so a task's size never
 decides whether it runs; inputs of any numeric dtype are cast to float32 per batch, class ids to int32, other
 targets to float32.
 """
@@ -27,34 +27,60 @@ class DataError(ValueError):
 LAYOUTS = {"NLC": 3, "NHWC": 4}  # layout -> rank of x, batch axis included
 
 
-class Rows:
-    """A lazy selection of rows of another array: indexing reads only the rows asked for, in ascending order (the
-    fast order for memory maps and chunked files). Holding a split of a 200 GB memory map costs its indices."""
+class LazyArray:
+    """The split-array protocol for arrays that are not in memory: `shape`, `dtype`, `len()`, indexing by an integer,
+    an integer array of rows or a slice, and `__array__` for small ones. Subclasses set `shape` and `dtype` and read
+    a sorted array of distinct rows (`_read`); each distinct row is read once, in ascending order (memory maps,
+    HDF5 and zip members are fastest that way, and h5py refuses unsorted or repeated indices), then put back in the
+    order asked for."""
 
-    def __init__(self, base: Any, index: np.ndarray):
-        self.base, self.index = base, np.asarray(index, np.int64)
-        self.shape = (len(self.index), *base.shape[1:])
-        self.dtype = base.dtype
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def __len__(self) -> int:
-        return len(self.index)
+        return self.shape[0]
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
     def __getitem__(self, rows) -> np.ndarray:
+        if isinstance(rows, slice):
+            rows = np.arange(len(self))[rows]
+        if np.ndim(rows) == 0:
+            row = int(rows)
+            if not -len(self) <= row < len(self):
+                raise IndexError(f"row {row} of an array of {len(self)} rows")
+            return self._read(np.asarray([row % len(self)]))[0]
+        rows = np.asarray(rows, np.int64)
+        if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
+            raise IndexError(f"rows outside [0, {len(self)}) of an array of {len(self)} rows")
+        distinct, inverse = np.unique(rows % max(len(self), 1), return_inverse=True)
+        return self._read(distinct)[inverse.reshape(rows.shape)]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[np.arange(len(self))], dtype=dtype)
+
+
+class Rows(LazyArray):
+    """A lazy selection of rows of another array: a read takes only the rows asked for, in ascending order of the
+    base's rows. Holding a split of a 200 GB memory map costs its indices."""
+
+    def __init__(self, base: Any, index: np.ndarray):
+        self.base, self.index = base, np.asarray(index, np.int64)
+        self.shape = (len(self.index), *base.shape[1:])
+        self.dtype = base.dtype
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
         wanted = self.index[rows]
-        if np.ndim(wanted) == 0:
-            return np.asarray(self.base[int(wanted)])
         order = np.argsort(wanted, kind="stable")
         values = np.asarray(self.base[wanted[order]])
         out = np.empty_like(values)
         out[order] = values
         return out
-
-    def __array__(self, dtype=None, copy=None):
-        return np.asarray(self[np.arange(len(self))], dtype=dtype)
 
 
 def take_rows(array: Any, index: np.ndarray) -> Any:

@@ -8,7 +8,7 @@ from sklearn.model_selection import train_test_split
 
 from orca_jax.data import load_task
 from orca_jax.data.benchmarks import nb360
-from orca_jax.data.benchmarks.arrays import LazyArray
+from orca_jax.data.types import LazyArray
 from orca_jax.data.benchmarks.files import CorruptFile, MissingFile
 from orca_jax.data.image_sources import augment
 from tests.benchmarks import published

@@ -1,10 +1,8 @@
 """Lazy arrays over benchmark files: split arrays that read only the rows a batch asks for.
 
-Every class here follows the split-array protocol of `orca_jax.data.tasks` (`shape`, `dtype`, `len()`, indexing by
-an integer, an integer array of rows or a slice, `__array__` for small arrays), so a benchmark of any size runs:
-PSICOV's inputs would be ~200 GB as float32, FSD50K's and PDEBench's several GB. Rows are read in ascending order
-and each distinct row once (HDF5 and zip members are fastest that way, and h5py refuses unsorted or repeated
-indices), then put back in the order asked for.
+Every class here is an `orca_jax.data.types.LazyArray` (the split-array protocol: it reads each distinct row once,
+in ascending order), so a benchmark of any size runs: PSICOV's inputs would be ~200 GB as float32, FSD50K's and
+PDEBench's several GB.
 
 Readers hold file names, not open handles, so they pickle to grain's worker processes; each process opens a file on
 its first read.
@@ -20,40 +18,7 @@ from typing import Any
 import numpy as np
 
 from orca_jax.atomic import atomic_path
-
-
-class LazyArray:
-    """Base of the readers: subclasses set `shape` and `dtype` and read a sorted array of distinct rows."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-    def _read(self, rows: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __getitem__(self, rows) -> np.ndarray:
-        if isinstance(rows, slice):
-            rows = np.arange(len(self))[rows]
-        if np.ndim(rows) == 0:
-            row = int(rows)
-            if not -len(self) <= row < len(self):
-                raise IndexError(f"row {row} of an array of {len(self)} rows")
-            return self._read(np.asarray([row % len(self)]))[0]
-        rows = np.asarray(rows, np.int64)
-        if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
-            raise IndexError(f"rows outside [0, {len(self)}) of an array of {len(self)} rows")
-        distinct, inverse = np.unique(rows % max(len(self), 1), return_inverse=True)
-        return self._read(distinct)[inverse.reshape(rows.shape)]
-
-    def __array__(self, dtype=None, copy=None):
-        return np.asarray(self[np.arange(len(self))], dtype=dtype)
+from orca_jax.data.types import LazyArray
 
 
 class Mapped(LazyArray):
