@@ -6,7 +6,7 @@ on the validation split only, and is scored once on the test split through `orca
 with the split's per-example metadata, as the refine stage scores a run. Which baselines apply follows the kind:
 
 - class labels of sequences or images: logistic regression, an MLP and a CNN (Flax NNX, trained with optax on the
-  task's own loss, `TaskObjective.loss`, so configured class weights apply), and MiniRocket features (sktime) with a
+  task's own loss, `TaskLoss.loss`, so configured class weights apply), and MiniRocket features (sktime) with a
   ridge classifier; tables (`tabular`): logistic regression and gradient boosting, class-weighted as the run's loss;
 - multi-label targets: one-vs-rest logistic regression;
 - real values: the training targets' mean, the input itself where it holds the target's values (a dense task's
@@ -38,7 +38,7 @@ from orca_jax.config_checks import ConfigError
 from orca_jax.data.kinds import get_task_kind
 from orca_jax.data.types import Task
 from orca_jax.train.metrics import MetricAccumulator, get_metric
-from orca_jax.train.objective import TaskObjective, linear_outputs, make_objective
+from orca_jax.train.task_loss import TaskLoss, linear_outputs, make_task_loss
 from orca_jax.workdir import WorkdirError, data_fingerprint, write_file
 
 SPLITS = ("train", "val", "test")
@@ -72,29 +72,29 @@ class BaselineReport:
 Fit = Callable[[dict], tuple[Callable[[str], np.ndarray], dict]]
 
 
-def score(task: Task, objective: TaskObjective, split: str, outputs: np.ndarray) -> float:
-    """The objective's metric of `outputs` on a split, through the accumulator the refine stage evaluates with."""
+def score(task: Task, task_loss: TaskLoss, split: str, outputs: np.ndarray) -> float:
+    """The task's metric of `outputs` on a split, through the accumulator the refine stage evaluates with."""
     data = getattr(task, split)
-    accumulator = MetricAccumulator(objective.metric)
+    accumulator = MetricAccumulator(task_loss.metric)
     accumulator.update(np.asarray(outputs, np.float32), np.asarray(data.y), **data.meta)
     return float(accumulator.result())
 
 
-def _better(objective: TaskObjective) -> Callable[[float, float], bool]:
-    higher = get_metric(objective.metric).higher_is_better
+def _better(task_loss: TaskLoss) -> Callable[[float, float], bool]:
+    higher = get_metric(task_loss.metric).higher_is_better
     return lambda new, old: math.isfinite(new) and (not math.isfinite(old) or (new > old if higher else new < old))
 
 
-def _select(task: Task, objective: TaskObjective, grid: Sequence[dict], fit: Fit) -> tuple[float, float, dict]:
+def _select(task: Task, task_loss: TaskLoss, grid: Sequence[dict], fit: Fit) -> tuple[float, float, dict]:
     """(val, test, hyperparameters) of the grid point best on validation; only that one sees the test split."""
-    better, best = _better(objective), None
+    better, best = _better(task_loss), None
     for params in grid:
         predict, chosen = fit(params)
-        val = score(task, objective, "val", predict("val"))
+        val = score(task, task_loss, "val", predict("val"))
         if best is None or better(val, best[0]):
             best = (val, params | chosen, predict)
     val, params, predict = best
-    return val, score(task, objective, "test", predict("test")), params
+    return val, score(task, task_loss, "test", predict("test")), params
 
 
 def _flat(task: Task) -> dict[str, np.ndarray]:
@@ -122,12 +122,12 @@ def _standardized(task: Task) -> dict[str, np.ndarray]:
     return {s: scaler.transform(v) for s, v in x.items()}
 
 
-def _class_weight(objective: TaskObjective) -> str | None:
+def _class_weight(task_loss: TaskLoss) -> str | None:
     # The run's inverse-frequency weights, len(y) / (classes * count), are scikit-learn's "balanced".
-    return None if objective.class_weights is None else "balanced"
+    return None if task_loss.class_weights is None else "balanced"
 
 
-def _probabilistic(task: Task, objective: TaskObjective, x: dict, grid: Sequence[dict], make) -> tuple:
+def _probabilistic(task: Task, task_loss: TaskLoss, x: dict, grid: Sequence[dict], make) -> tuple:
     """A scikit-learn classifier per grid point (`make(params)`), its log-probabilities as the outputs."""
 
     def fit(params):
@@ -135,34 +135,34 @@ def _probabilistic(task: Task, objective: TaskObjective, x: dict, grid: Sequence
         log_p = lambda s: np.log(np.clip(model.predict_proba(x[s]), 1e-30, None))  # noqa: E731
         return (lambda s: _class_columns(model.classes_, log_p(s), task.num_classes)), {}
 
-    return _select(task, objective, grid, fit)
+    return _select(task, task_loss, grid, fit)
 
 
-def logistic_regression(task, objective, seed):
+def logistic_regression(task, task_loss, seed):
     from sklearn.linear_model import LogisticRegression
 
     def make(params):
-        return LogisticRegression(C=params["C"], class_weight=_class_weight(objective), max_iter=1000)
+        return LogisticRegression(C=params["C"], class_weight=_class_weight(task_loss), max_iter=1000)
 
-    return _probabilistic(task, objective, _standardized(task), [{"C": c} for c in (0.01, 0.1, 1.0, 10.0)], make)
+    return _probabilistic(task, task_loss, _standardized(task), [{"C": c} for c in (0.01, 0.1, 1.0, 10.0)], make)
 
 
-def gradient_boosting(task, objective, seed):
+def gradient_boosting(task, task_loss, seed):
     from sklearn.ensemble import HistGradientBoostingClassifier
     from threadpoolctl import threadpool_limits
 
     def make(params):
-        return HistGradientBoostingClassifier(max_iter=200, early_stopping=False, class_weight=_class_weight(objective),
+        return HistGradientBoostingClassifier(max_iter=200, early_stopping=False, class_weight=_class_weight(task_loss),
                                               random_state=seed, **params)
 
     grid = [{"learning_rate": lr, "max_leaf_nodes": leaves} for lr in (0.05, 0.2) for leaves in (7, 31)]
     # One OpenMP thread: on a busy machine (a sweep's own JAX threads, parallel test workers) its spinning threads
     # slow a small table down by orders of magnitude (docs/results.md, "Design measurements").
     with threadpool_limits(limits=1, user_api="openmp"):
-        return _probabilistic(task, objective, _flat(task), grid, make)
+        return _probabilistic(task, task_loss, _flat(task), grid, make)
 
 
-def one_vs_rest_logistic(task, objective, seed):
+def one_vs_rest_logistic(task, task_loss, seed):
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
@@ -179,7 +179,7 @@ def one_vs_rest_logistic(task, objective, seed):
 
         return predict, {}
 
-    return _select(task, objective, [{"C": c} for c in (0.01, 0.1, 1.0)], fit)
+    return _select(task, task_loss, [{"C": c} for c in (0.01, 0.1, 1.0)], fit)
 
 
 MINIROCKET_MIN_LENGTH = 9  # its kernels' length
@@ -191,7 +191,7 @@ def _series(x) -> np.ndarray:
     return x.reshape(len(x), -1, x.shape[-1]).transpose(0, 2, 1)
 
 
-def minirocket(task, objective, seed):
+def minirocket(task, task_loss, seed):
     """MiniRocket (Dempster et al., 2021): 10,000 features of fixed dilated convolutions, each the proportion of
     positive values over the series, then a ridge classifier on the standardized features."""
     from sklearn.linear_model import RidgeClassifier
@@ -207,7 +207,7 @@ def minirocket(task, objective, seed):
         model = RidgeClassifier(alpha=params["alpha"]).fit(x["train"], np.asarray(task.train.y))
         return (lambda s: _class_columns(model.classes_, model.decision_function(x[s]), task.num_classes)), {}
 
-    val, test, params = _select(task, objective, [{"alpha": a} for a in (1.0, 10.0, 100.0, 1e3, 1e4)], fit)
+    val, test, params = _select(task, task_loss, [{"alpha": a} for a in (1.0, 10.0, 100.0, 1e3, 1e4)], fit)
     return val, test, params | {"features": int(x["train"].shape[1])}
 
 
@@ -252,7 +252,7 @@ MLP_WIDTHS, CNN_WIDTHS, WEIGHT_DECAYS = (128, 512), (16, 64), (1e-4, 1e-2)
 CHUNK = 256  # rows per forward pass: every split is padded to a multiple, so one program serves them all
 
 
-def _network(task: Task, objective: TaskObjective, seed: int, widths: Sequence[int],
+def _network(task: Task, task_loss: TaskLoss, seed: int, widths: Sequence[int],
              make: Callable[[dict, nnx.Rngs], nnx.Module]):
     """AdamW on the task's loss over inputs standardized per channel, at most MAX_STEPS steps in epochs of shuffled
     batches; per grid point the epoch best on validation is kept."""
@@ -265,7 +265,7 @@ def _network(task: Task, objective: TaskObjective, seed: int, widths: Sequence[i
     batch = min(BATCH, len(y))
     per_epoch = len(y) // batch
     epochs = max(1, min(MAX_EPOCHS, MAX_STEPS // per_epoch))
-    better = _better(objective)
+    better = _better(task_loss)
 
     def fit(params):
         graphdef, weights = nnx.split(make(params, nnx.Rngs(seed)), nnx.Param)
@@ -274,12 +274,12 @@ def _network(task: Task, objective: TaskObjective, seed: int, widths: Sequence[i
 
         @jax.jit
         def step(weights, opt_state, xb, yb):
-            loss = lambda w: objective.loss(nnx.merge(graphdef, w)(xb), yb, jnp.ones(len(yb)))  # noqa: E731
+            loss = lambda w: task_loss.loss(nnx.merge(graphdef, w)(xb), yb, jnp.ones(len(yb)))  # noqa: E731
             grads = jax.grad(loss)(weights)
             updates, opt_state = tx.update(grads, opt_state, weights)
             return optax.apply_updates(weights, updates), opt_state
 
-        forward = jax.jit(lambda w, xb: objective.outputs(nnx.merge(graphdef, w)(xb)))
+        forward = jax.jit(lambda w, xb: task_loss.outputs(nnx.merge(graphdef, w)(xb)))
 
         def outputs(weights, s):
             chunks = [np.asarray(forward(weights, padded[s][i:i + CHUNK])) for i in range(0, len(padded[s]), CHUNK)]
@@ -292,34 +292,34 @@ def _network(task: Task, objective: TaskObjective, seed: int, widths: Sequence[i
             for i in range(per_epoch):
                 rows = order[i * batch:(i + 1) * batch]
                 weights, opt_state = step(weights, opt_state, x["train"][rows], y[rows])
-            val = score(task, objective, "val", outputs(weights, "val"))
+            val = score(task, task_loss, "val", outputs(weights, "val"))
             if better(val, best[0]):
                 best = (val, weights, epoch)
         return (lambda s: outputs(best[1], s)), {"epoch": best[2], "epochs": epochs}
 
     grid = [{"width": w, "weight_decay": wd} for w in widths for wd in WEIGHT_DECAYS]
-    val, test, params = _select(task, objective, grid, fit)
+    val, test, params = _select(task, task_loss, grid, fit)
     return val, test, params | {"learning_rate": LEARNING_RATE}
 
 
-def mlp(task, objective, seed):
-    inputs, outputs = math.prod(task.input_shape), linear_outputs(task, objective)
-    return _network(task, objective, seed, MLP_WIDTHS, lambda p, rngs: MLP(inputs, outputs, p["width"], rngs=rngs))
+def mlp(task, task_loss, seed):
+    inputs, outputs = math.prod(task.input_shape), linear_outputs(task, task_loss)
+    return _network(task, task_loss, seed, MLP_WIDTHS, lambda p, rngs: MLP(inputs, outputs, p["width"], rngs=rngs))
 
 
-def cnn(task, objective, seed):
-    outputs = linear_outputs(task, objective)
-    return _network(task, objective, seed, CNN_WIDTHS,
+def cnn(task, task_loss, seed):
+    outputs = linear_outputs(task, task_loss)
+    return _network(task, task_loss, seed, CNN_WIDTHS,
                     lambda p, rngs: CNN(task.input_shape, outputs, p["width"], rngs=rngs))
 
 
 # -------------------------------------------------------------------------------------------------- real values
 
 
-def predict_mean(task, objective, seed):
+def predict_mean(task, task_loss, seed):
     mean = np.asarray(task.train.y, np.float64).mean(0).astype(np.float32)
     outputs = lambda s: np.broadcast_to(mean, (len(getattr(task, s)), *mean.shape))  # noqa: E731
-    return score(task, objective, "val", outputs("val")), score(task, objective, "test", outputs("test")), {}
+    return score(task, task_loss, "val", outputs("val")), score(task, task_loss, "test", outputs("test")), {}
 
 
 def _input_as_target(task: Task) -> bool:
@@ -328,15 +328,15 @@ def _input_as_target(task: Task) -> bool:
     return squeeze(task.input_shape) == squeeze(task.target_shape)
 
 
-def predict_input(task, objective, seed):
+def predict_input(task, task_loss, seed):
     outputs = lambda s: np.asarray(getattr(task, s).x, np.float32).reshape(getattr(task, s).y.shape)  # noqa: E731
-    return score(task, objective, "val", outputs("val")), score(task, objective, "test", outputs("test")), {}
+    return score(task, task_loss, "val", outputs("val")), score(task, task_loss, "test", outputs("test")), {}
 
 
 MAX_LEAST_SQUARES_INPUTS = 8192  # ridge solves a system of inputs x inputs (or examples x examples)
 
 
-def least_squares(task, objective, seed):
+def least_squares(task, task_loss, seed):
     from sklearn.linear_model import Ridge
 
     x, y = _flat(task), np.asarray(task.train.y, np.float32)
@@ -345,12 +345,12 @@ def least_squares(task, objective, seed):
         model = Ridge(alpha=params["alpha"]).fit(x["train"], y.reshape(len(y), -1))
         return (lambda s: model.predict(x[s]).reshape(len(x[s]), *task.target_shape)), {}
 
-    return _select(task, objective, [{"alpha": a} for a in (1e-4, 1e-2, 1.0, 100.0)], fit)
+    return _select(task, task_loss, [{"alpha": a} for a in (1e-4, 1e-2, 1.0, 100.0)], fit)
 
 
 # ----------------------------------------------------------------------------------------------------- dispatch
 
-BASELINES: dict[str, Callable[[Task, TaskObjective, int], tuple[float, float, dict]]] = {
+BASELINES: dict[str, Callable[[Task, TaskLoss, int], tuple[float, float, dict]]] = {
     "logistic_regression": logistic_regression,
     "gradient_boosting": gradient_boosting,
     "mlp": mlp,
@@ -390,13 +390,13 @@ def applicable(task: Task) -> dict[str, str | None]:
     return why
 
 
-def fit_baseline(task: Task, objective: TaskObjective, name: str, seed: int = 0) -> BaselineResult:
+def fit_baseline(task: Task, task_loss: TaskLoss, name: str, seed: int = 0) -> BaselineResult:
     start = time.perf_counter()
-    val, test, params = BASELINES[name](task, objective, seed)
-    return BaselineResult(name, objective.metric, val, test, params, time.perf_counter() - start)
+    val, test, params = BASELINES[name](task, task_loss, seed)
+    return BaselineResult(name, task_loss.metric, val, test, params, time.perf_counter() - start)
 
 
-def fit_baselines(task: Task, objective: TaskObjective, *, seed: int = 0, names: Sequence[str] = (),
+def fit_baselines(task: Task, task_loss: TaskLoss, *, seed: int = 0, names: Sequence[str] = (),
                   log: Callable[[str], None] = lambda line: None) -> BaselineReport:
     """The baselines of `names` (all that apply when empty) on `task`; `log` hears each as it finishes."""
     usable = applicable(task)
@@ -409,10 +409,10 @@ def fit_baselines(task: Task, objective: TaskObjective, *, seed: int = 0, names:
         raise ConfigError([f"--baselines: not for task {task.name!r}: {'; '.join(refused)}"])
     results = []
     for name in names or [n for n, reason in usable.items() if reason is None]:
-        result = fit_baseline(task, objective, name, seed)
+        result = fit_baseline(task, task_loss, name, seed)
         log(f"{name}: val {result.metric} {result.val:.4g}, test {result.test:.4g} ({result.seconds:.1f} s)")
         results.append(result)
-    return BaselineReport(task.name, task.kind, objective.metric, seed, {s: len(getattr(task, s)) for s in SPLITS},
+    return BaselineReport(task.name, task.kind, task_loss.metric, seed, {s: len(getattr(task, s)) for s in SPLITS},
                           results, {} if names else {n: reason for n, reason in usable.items() if reason})
 
 
@@ -475,7 +475,7 @@ def run_baselines(config: ConfigDict, directory: epath.PathLike, *, names: Seque
         saved = json.loads(saved_file.read_text())
         if saved.get("identity") == identity:
             return _from_json(saved), True
-    report = fit_baselines(task, make_objective(task, config.task), seed=config.seed, names=names, log=log)
+    report = fit_baselines(task, make_task_loss(task, config.task), seed=config.seed, names=names, log=log)
     directory.mkdir(parents=True, exist_ok=True)
     saved = strict_json(dataclasses.asdict(report) | {"identity": identity})
     write_file(saved_file, json.dumps(saved, indent=2, allow_nan=False))

@@ -29,7 +29,7 @@ def base_config() -> ConfigDict:
     c.eval_batch_size = 256  # evaluation only: at most this many per batch (the validation split in equal batches)
     # name: a registered task, npz:PATH (your arrays) or tfds:NAME (orca_jax/data/tasks.py). kind "" = the task's
     # own (orca_jax/data/kinds.py). test_fraction: held out as test where the data has none. train_size > 0: a
-    # seeded subset. num_classes 0 = from the data. Loss options (orca_jax/train/objective.py): loss / metric /
+    # seeded subset. num_classes 0 = from the data. Loss options (orca_jax/train/task_loss.py): loss / metric /
     # class_weighting "" = the kind's; pos_weight, clip_targets <= 0 = none; normalize_targets none | elementwise
     # | global.
     c.task = ConfigDict(

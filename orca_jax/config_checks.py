@@ -38,10 +38,10 @@ from orca_jax.ot.sinkhorn import SOLVERS
 from orca_jax.parallel.mesh import mesh_axes
 from orca_jax.parallel.sharding import check_rules
 from orca_jax.train.align import OBJECTIVES
-from orca_jax.train.finetune import FINETUNE_MODES
+from orca_jax.train.finetune import FINETUNE_RULES
 from orca_jax.train.losses import LOSSES
 from orca_jax.train.metrics import METRICS
-from orca_jax.train.objective import NORMALIZATIONS
+from orca_jax.train.task_loss import NORMALIZATIONS
 from orca_jax.train.optimizers import OPTIMIZERS
 from orca_jax.train.refine import REFINE_SELECTIONS
 from orca_jax.weights.checkpoint_files import (
@@ -278,7 +278,7 @@ def _check_align(c: _Checker) -> None:
 
 
 def _check_refine(c: _Checker) -> None:
-    c.choice("refine.finetune_method", FINETUNE_MODES)
+    c.choice("refine.finetune_method", FINETUNE_RULES)
     c.integer("refine.accum", 1, "set the micro-batches summed per optimizer step, 1 for none")
     c.number("refine.clip", None, "set a global-norm bound, <= 0 for none")
     warmup_ok = c.number("refine.warmup_epochs", "[0, inf)", "set 0 for no warm-up")

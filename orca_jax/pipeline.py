@@ -30,13 +30,13 @@ from orca_jax.models.swin import Swin
 from orca_jax.ot import pseudo_labels
 from orca_jax.parallel import PreemptionGuard, make_mesh
 from orca_jax.train.align import OBJECTIVES, align_classes, load_aligned_embedder, measure_distance, run_align
-from orca_jax.train.objective import TaskObjective, linear_outputs, make_objective
+from orca_jax.train.task_loss import TaskLoss, linear_outputs, make_task_loss
 from orca_jax.train.refine import EpochHook, run_refine
 from orca_jax.workdir import RunLock, WorkdirError, check_data, claim, disk_full, free_space, write_file
 
 log = logging.getLogger(__name__)
 
-def build_model(config: ConfigDict, task: Task, objective: TaskObjective) -> OrcaModel:
+def build_model(config: ConfigDict, task: Task, task_loss: TaskLoss) -> OrcaModel:
     """The pretrained body wrapped with the embedder for the task's input layout and the head of its kind."""
     param_dtype, dtype = DTYPES[config.body.param_dtype], DTYPES[config.body.dtype]
     dropout = config.body.dropout if config.body.dropout >= 0 else None
@@ -63,20 +63,21 @@ def build_model(config: ConfigDict, task: Task, objective: TaskObjective) -> Orc
             norm=config.embedder.norm, rngs=rngs,
         )
         width = body.config.hidden_size
-    head = build_head(task, objective, body, embedder, width, dense_1d=config.head.dense_1d, param_dtype=param_dtype,
+    head = build_head(task, task_loss, body, embedder, width, dense_1d=config.head.dense_1d, param_dtype=param_dtype,
                       dtype=dtype, rngs=rngs)
     return OrcaModel(embedder, body, head)
 
 
 def build_head(
-    task: Task, objective: TaskObjective, body, embedder, width: int, *, dense_1d: str = "pool", param_dtype, dtype,
+    task: Task, task_loss: TaskLoss, body, embedder, width: int, *, dense_1d: str = "pool", param_dtype, dtype,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
     """The kind's head: linear for classes, labels and values; the official dense heads for per-position targets
     (their last target axis, when there is one, is the channel axis)."""
-    kind, shape = objective.kind, task.target_shape
+    kind, shape = task_loss.kind, task.target_shape
     if kind.head == "linear":
-        return ClassificationHead(width, linear_outputs(task, objective), param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        return ClassificationHead(width, linear_outputs(task, task_loss), param_dtype=param_dtype, dtype=dtype,
+                                  rngs=rngs)
     if kind.head == "dense_1d":
         channels = shape[1] if len(shape) == 2 else 1
         if dense_1d == "linear":
@@ -160,10 +161,10 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
         labels = align_labels(task, config.seed)
         align_classes(labels, f"task {task.name!r}'s training split (the validation and test splits hold "
                               f"{len(task.val)} and {len(task.test)} more)")
-    objective = make_objective(task, config.task)
+    task_loss = make_task_loss(task, config.task)
     # What rebuilding the trained model needs and the config does not hold (orca_jax.inference.load_model).
-    write_task_record(workdir, task, objective, config.task.normalize_targets)
-    model = build_model(config, task, objective)
+    write_task_record(workdir, task, task_loss, config.task.normalize_targets)
+    model = build_model(config, task, task_loss)
     summary: dict = {"task": task.name, "kind": task.kind, "body": str(config.body.checkpoint)}
     if notes:
         summary["notes"] = notes
@@ -194,7 +195,7 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
             summary["align"] = {"objective": config.align.objective, "epochs": 0, "distance_before": distance,
                                 "distance_after": distance}
         if config.refine.epochs > 0:
-            result = run_refine(model, task, objective, config, mesh=mesh, workdir=workdir, preemption=preemption,
+            result = run_refine(model, task, task_loss, config, mesh=mesh, workdir=workdir, preemption=preemption,
                                 step_offset=max(config.align.epochs, 0), on_epoch=on_epoch, test=test)
             summary["refine"] = {
                 "metric": result.metric,

@@ -54,7 +54,7 @@ def torch_pipeline(trained, export_dir: Path):
                for k, v in load_file(export_dir / "model.safetensors").items()}
     body = transformers.AutoModel.from_pretrained(export_dir / "body").eval()
     embedder, head = trained.model.embedder, trained.model.head
-    objective = trained.info.objective()
+    task_loss = trained.info.task_loss()
     image = isinstance(trained.model.body, Swin)
 
     def conv_weight(name):  # nnx (*spatial, in, out) -> torch (out, in, *spatial)
@@ -110,9 +110,9 @@ def torch_pipeline(trained, export_dir: Path):
             else:
                 sequence = body.encoder(tokens).last_hidden_state
             raw = run_head(sequence.mean(1), sequence)
-            out = raw.reshape(raw.shape[0], *objective.target_shape) if objective.kind.targets == "values" else raw
-            if objective.target_mean is not None:
-                out = out * torch.from_numpy(objective.target_std) + torch.from_numpy(objective.target_mean)
+            out = raw.reshape(raw.shape[0], *task_loss.target_shape) if task_loss.kind.targets == "values" else raw
+            if task_loss.target_mean is not None:
+                out = out * torch.from_numpy(task_loss.target_std) + torch.from_numpy(task_loss.target_mean)
             out = out.numpy()
         return trained.decode(out)
 
@@ -128,7 +128,7 @@ def synthetic_export(args, directory: Path) -> Path:
     from orca_jax.data import task_from_arrays
     from orca_jax.inference import TaskInfo, TrainedModel, export_model
     from orca_jax.pipeline import build_model
-    from orca_jax.train.objective import make_objective
+    from orca_jax.train.task_loss import make_task_loss
     from orca_jax.weights import read_config
 
     hf = transformers.RobertaConfig(
@@ -145,8 +145,8 @@ def synthetic_export(args, directory: Path) -> Path:
     config.body.checkpoint = str(directory / "body")
     config.embedder.target_seq_len = args.length
     config.align.epochs, config.refine.epochs = 0, 1
-    objective = make_objective(task, config.task)
-    trained = TrainedModel(build_model(config, task, objective), TaskInfo.from_task(task, objective, "none"), config,
+    task_loss = make_task_loss(task, config.task)
+    trained = TrainedModel(build_model(config, task, task_loss), TaskInfo.from_task(task, task_loss, "none"), config,
                            directory, "workdir", "last", "refine", None, None, read_config(directory / "body"))
     return export_model(trained, directory / "export")
 

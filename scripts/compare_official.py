@@ -191,9 +191,9 @@ def initial_weights(config, task: Task) -> dict:
     """The orca-jax model's initial embedder and linear head in PyTorch's layouts (Conv1d [out, in, k], Linear
     [out, in])."""
     from orca_jax.pipeline import build_model
-    from orca_jax.train.objective import make_objective
+    from orca_jax.train.task_loss import make_task_loss
 
-    model = build_model(config, task, make_objective(task, config.task))
+    model = build_model(config, task, make_task_loss(task, config.task))
     e = model.embedder
     if e.norm is None:
         raise ValueError("the official embedder has a layer norm: compare runs with embedder.norm=True")

@@ -98,7 +98,7 @@ def check_the_runs_model(kind, task, workdir, summary, body_dir, tmp_path, capsy
     assert (model.kind, model.which, model.stage) == (kind, MODES[kind][1], "refine")
     predictions = model.predict(x)
     np.testing.assert_array_equal(predictions["outputs"], saved["outputs"])
-    targets = model.info.objective().kind.targets
+    targets = model.info.task_loss().kind.targets
     if targets == "classes":
         np.testing.assert_allclose(predictions["probabilities"].sum(1), 1.0, rtol=1e-6)
         np.testing.assert_array_equal(predictions["classes"], saved["outputs"].argmax(1))

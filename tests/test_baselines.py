@@ -18,13 +18,13 @@ from orca_jax.data import task_from_arrays
 from orca_jax.pipeline import load_configured_task
 from orca_jax.sweep import Variant, apply_overrides, run_sweep, t_interval
 from orca_jax.train import metrics
-from orca_jax.train.objective import make_objective
+from orca_jax.train.task_loss import make_task_loss
 from tests.test_exit_status import DRIVER
 from tests.test_task_kinds import ROOT
 
 
 def _objective(task):
-    return make_objective(task, load_config_file(ROOT / "configs" / "own_data.py").task)
+    return make_task_loss(task, load_config_file(ROOT / "configs" / "own_data.py").task)
 
 
 def _separable(n=160, length=16, seed=0):

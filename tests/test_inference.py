@@ -21,7 +21,7 @@ from orca_jax.inference.record import command_line, read_task_record
 from orca_jax.models.pretrained import ARCHITECTURES, load_checkpoint
 from orca_jax.pipeline import build_model
 from orca_jax.train.checkpoints import save_tree
-from orca_jax.train.objective import make_objective
+from orca_jax.train.task_loss import make_task_loss
 from orca_jax.weights import read_tensors
 from orca_jax.weights.to_hf import render, to_checkpoint_tensors
 from scripts import predict as predict_cli
@@ -53,7 +53,7 @@ def recorded(bodies, tmp_path_factory):  # noqa: F811
     config = base_config()
     config.body.checkpoint = str(bodies["text"])
     (workdir / "config.json").write_text(config.to_json_best_effort())
-    write_task_record(workdir, task, make_objective(task, config.task), "none")
+    write_task_record(workdir, task, make_task_loss(task, config.task), "none")
     return workdir
 
 
@@ -63,7 +63,7 @@ def test_the_task_record_keeps_the_commands_of_earlier_starts(recorded, tmp_path
     first = read_task_record(workdir)
     task = task_from_arrays(SEQ, (SEQ[:, 0, 0] > 0).astype(np.int64), kind="classification")
     monkeypatch.setattr("sys.argv", ["/repo/scripts/train.py", "--config=c.py", "--config.refine.epochs=9"])
-    write_task_record(workdir, task, make_objective(task, base_config().task), "none")
+    write_task_record(workdir, task, make_task_loss(task, base_config().task), "none")
     again = read_task_record(workdir)
     assert again.command[-1] == "--config.refine.epochs=9" and again.earlier_commands == (first.command,)
     assert (again.input_shape, again.num_classes, again.examples) == ((12, 2), 2, {"train": 69, "val": 8, "test": 19})
@@ -122,7 +122,7 @@ def test_an_align_only_run_loads_but_will_not_predict(recorded, tmp_path, capsys
     saved["align"]["epochs"], saved["align"]["objective"] = 1, "mmd"
     (workdir / "config.json").write_text(json.dumps(saved))
     config, info = config_from_json(saved), read_task_record(workdir)
-    built = build_model(config, info, info.objective())
+    built = build_model(config, info, info.task_loss())
     aligned = jax.tree.map(lambda a: a + 1.0, nnx.state(built.embedder, nnx.Param))
     save_tree(workdir / "aligned_embedder", aligned)
     model = load_model(workdir)

@@ -79,7 +79,7 @@ def test_a_random_body_has_the_architecture_not_the_weights(tmp_path):
     from orca_jax.data import task_from_arrays
     from orca_jax.data.source_features import cache_key
     from orca_jax.pipeline import build_model
-    from orca_jax.train.objective import make_objective
+    from orca_jax.train.task_loss import make_task_loss
     from tests.text_checkpoints import save_tiny_text_model
 
     body_dir = save_tiny_text_model("roberta", tmp_path / "body", tokenizer=True)
@@ -90,7 +90,7 @@ def test_a_random_body_has_the_architecture_not_the_weights(tmp_path):
     models = {}
     for init in ("pretrained", "random"):
         config.body.init = init
-        models[init] = build_model(config, task, make_objective(task, config.task))
+        models[init] = build_model(config, task, make_task_loss(task, config.task))
     pretrained, random = (jax.tree.leaves(nnx.state(models[k].body, nnx.Param)) for k in ("pretrained", "random"))
     assert [a.shape for a in pretrained] == [b.shape for b in random]
     assert sum(not np.array_equal(a, b) for a, b in zip(pretrained, random)) > len(pretrained) // 2

@@ -20,7 +20,7 @@ is read by the same strict loader as any checkpoint, so an export loads without 
 Predictions and evaluations run through `orca_jax.train.refine.evaluate`, the function that evaluated the run's own
 validation and test splits: batches from `orca_jax.data.loader.Batches` with a fixed shape (the last, partial batch
 padded and masked), sharded over the devices of a data-parallel mesh, outputs decoded by the task's
-`TaskObjective.outputs` (class logits, or values in the targets' units). Predictions use batch shapes from a short
+`TaskLoss.outputs` (class logits, or values in the targets' units). Predictions use batch shapes from a short
 ladder of powers of two up to `batch_size`, so one example does not pay for a batch of 256 and no input size
 compiles a program of its own.
 """
@@ -165,10 +165,10 @@ class TrainedModel:
                 log.warning("the run's sharding rules do not fit this mesh (%s); parameters are replicated", error)
                 shardings = [param_shardings(tree, mesh, (("(.*)", "replicate"),)) for tree in (params, frozen)]
             params, frozen = place(params, shardings[0]), place(frozen, shardings[1])
-            objective = self.info.objective()
+            task_loss = self.info.task_loss()
 
             def eval_step(params, frozen, x):  # refine.make_steps' evaluation step
-                return objective.outputs(nnx.merge(graphdef, params, frozen)(x))
+                return task_loss.outputs(nnx.merge(graphdef, params, frozen)(x))
 
             self._device = (jax.jit(eval_step), params, frozen, mesh)
         return self._device
@@ -333,7 +333,7 @@ def _build(config: ConfigDict, info: TaskInfo, where: str):
 
     checkpoint = config.body.checkpoint
     try:
-        model = build_model(config, info, info.objective())
+        model = build_model(config, info, info.task_loss())
         hf_config = read_config(resolve_checkpoint(checkpoint))
     except (CheckpointNotFoundError, CheckpointFormatError, WeightConversionError) as error:
         raise ModelError(

@@ -25,7 +25,7 @@ import numpy as np
 from etils import epath
 
 from orca_jax.data.kinds import get_task_kind
-from orca_jax.train.objective import TaskObjective
+from orca_jax.train.task_loss import TaskLoss
 from orca_jax.workdir import write_file
 
 TASK_FILE = "task.json"
@@ -67,21 +67,21 @@ class TaskInfo:
     class_weights: np.ndarray | None = None
 
     @classmethod
-    def from_task(cls, task, objective, normalize_targets: str, command=None) -> TaskInfo:
+    def from_task(cls, task, task_loss, normalize_targets: str, command=None) -> TaskInfo:
         return cls(
             name=task.name, kind=task.kind, layout=task.layout, input_shape=tuple(task.input_shape),
-            target_shape=tuple(task.target_shape), num_classes=task.num_classes, loss=objective.loss_name,
-            metric=objective.metric, normalize_targets=normalize_targets, pos_weight=objective.pos_weight,
-            clip_targets=objective.clip_targets, ignore_meta=objective.ignore_meta,
+            target_shape=tuple(task.target_shape), num_classes=task.num_classes, loss=task_loss.loss_name,
+            metric=task_loss.metric, normalize_targets=normalize_targets, pos_weight=task_loss.pos_weight,
+            clip_targets=task_loss.clip_targets, ignore_meta=task_loss.ignore_meta,
             meta=tuple(sorted(task.train.meta)), input_dtype=str(np.dtype(task.train.x.dtype)),
             examples={"train": len(task.train), "val": len(task.val), "test": len(task.test)},
-            command=tuple(sys.argv if command is None else command), target_mean=objective.target_mean,
-            target_std=objective.target_std, class_weights=objective.class_weights,
+            command=tuple(sys.argv if command is None else command), target_mean=task_loss.target_mean,
+            target_std=task_loss.target_std, class_weights=task_loss.class_weights,
         )
 
-    def objective(self) -> TaskObjective:
-        """The run's `TaskObjective`: its `outputs` decode raw model outputs exactly as the run's evaluation did."""
-        return TaskObjective(
+    def task_loss(self) -> TaskLoss:
+        """The run's `TaskLoss`: its `outputs` decode raw model outputs exactly as the run's evaluation did."""
+        return TaskLoss(
             get_task_kind(self.kind), self.loss, self.metric, self.target_shape, self.class_weights, self.pos_weight,
             self.clip_targets, self.target_mean, self.target_std, self.ignore_meta,
         )
@@ -112,10 +112,10 @@ class TaskInfo:
         return {name: np.asarray(getattr(self, name)) for name in _ARRAYS if getattr(self, name) is not None}
 
 
-def write_task_record(workdir: epath.PathLike, task, objective, normalize_targets: str) -> None:
+def write_task_record(workdir: epath.PathLike, task, task_loss, normalize_targets: str) -> None:
     """Writes `task.json` and `task_arrays.npz` (process 0 only). Called by `pipeline.run` before either stage."""
     workdir = epath.Path(workdir)
-    info = TaskInfo.from_task(task, objective, normalize_targets)
+    info = TaskInfo.from_task(task, task_loss, normalize_targets)
     try:
         previous = _read_json(workdir / TASK_FILE)
     except ModelError:  # a damaged record of an earlier start is replaced, not allowed to stop the run

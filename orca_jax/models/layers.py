@@ -79,14 +79,14 @@ def attention(
 def _weight_gradient_on_cpu(x: jax.Array, g: jax.Array, precision) -> jax.Array:
     """x^T g for x [tokens, in] and g [tokens, out], arranged so that XLA's CPU backend runs it on its fast matmul
     library (YNNPACK), which takes only dots whose left operand contracts over its last axis. XLA otherwise hands
-    the transposed contraction to Eigen and transposes an operand inside a fused, strided loop: measured 8 % of a
-    roberta-base train step on one core. Here the smaller operand is transposed explicitly (when it is g, the
-    result is transposed back); the barriers keep XLA from folding the transposes back into the dot.
+    the transposed contraction to Eigen and transposes an operand inside a fused, strided loop. Here the smaller
+    operand is transposed explicitly (when it is g, the result is transposed back); the barriers keep XLA from
+    folding the transposes back into the dot.
 
-    The transposed-back result is not free: XLA fuses that transpose into each of AdamW's passes over the gradient
-    (strided reads; `benchmark_body.py --profile`: 0.23 s of a roberta-base 8 x 128 step). Always transposing x
-    instead removes it (update 0.30 -> 0.11 s) but then XLA recomputes GELU inside a strided transpose of the MLP's
-    hidden activations (+0.35 s), and on CPU optimization barriers do not stop that fusion: no net gain, not kept."""
+    The transposed-back result is not free: XLA fuses that transpose into each of AdamW's passes over the gradient.
+    Always transposing x instead removes it, but then XLA recomputes GELU inside a strided transpose of the MLP's
+    hidden activations, and on CPU optimization barriers do not stop that fusion: no net gain, so not kept (the
+    profile and the numbers: docs/results.md, "Where a train step's time goes")."""
     if x.shape[1] <= g.shape[1]:
         return jnp.matmul(jax.lax.optimization_barrier(x.T), g, precision=precision)
     return jax.lax.optimization_barrier(jnp.matmul(jax.lax.optimization_barrier(g.T), x, precision=precision)).T

@@ -29,6 +29,7 @@ A new mode is one entry of `FINETUNE_RULES`; the align stage's "embedder only" i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,25 +38,26 @@ from flax import nnx
 from orca_jax.param_paths import PathRules, path_name
 
 PARTS = ("embedder", "body", "head")  # OrcaModel's children
-_UNUSED = (r"body/(embeddings|pooler)/.*", False)  # replaced by the embedder and mean pooling
+UNUSED_BODY_PARTS = (r"body/(embeddings|pooler)/.*", False)  # replaced by the embedder and mean pooling
 _BODY_NORMS = r"body/(.*/)?(attention_norm|mlp_norm|layernorm_before|layernorm_after|layernorm)/[^/]+"
 FINETUNE_RULES: dict[str, tuple[tuple[str, bool], ...]] = {
-    "all": (_UNUSED, (".*", True)),
-    "layernorm": (_UNUSED, (_BODY_NORMS, True), ("body/.*", False), (".*", True)),
-    "non-attn": (_UNUSED, (r"body/.*/qkv/[^/]+", False), (".*", True)),  # qkv: the fused query/key/value projection
+    "all": (UNUSED_BODY_PARTS, (".*", True)),
+    "layernorm": (UNUSED_BODY_PARTS, (_BODY_NORMS, True), ("body/.*", False), (".*", True)),
+    "non-attn": (UNUSED_BODY_PARTS, (r"body/.*/qkv/[^/]+", False), (".*", True)),  # qkv: the fused query/key/value projection
     "frozen-body": (("body/.*", False), (".*", True)),
 }
-FINETUNE_MODES = tuple(FINETUNE_RULES)
 ALIGN_RULES = (("embedder/.*", True), (".*", False))  # the align stage trains the embedder alone
 
-_COMPILED = {mode: PathRules(rules, "fine-tune") for mode, rules in FINETUNE_RULES.items()}
-_COMPILED_ALIGN = PathRules(ALIGN_RULES, "align")
+
+@functools.cache
+def _compiled(rules: tuple) -> PathRules:
+    return PathRules(rules, "fine-tune")
 
 
 def _rules(mode: str) -> PathRules:
-    if mode not in _COMPILED:
-        raise ValueError(f"finetune_method {mode!r} is not one of {FINETUNE_MODES}.")
-    return _COMPILED[mode]
+    if mode not in FINETUNE_RULES:
+        raise ValueError(f"finetune_method {mode!r} is not one of {tuple(FINETUNE_RULES)}.")
+    return _compiled(FINETUNE_RULES[mode])
 
 
 def is_trainable(mode: str, path: Sequence[Any]) -> bool:
@@ -81,7 +83,7 @@ def trainable(mode: str) -> nnx.filterlib.Filter:
 
 def align_trainable() -> nnx.filterlib.Filter:
     """The align stage's trainable parameters (the embedder's) as an nnx filter."""
-    return nnx.All(nnx.Param, _path_filter(_COMPILED_ALIGN))
+    return nnx.All(nnx.Param, _path_filter(_compiled(ALIGN_RULES)))
 
 
 def _path_filter(rules: PathRules) -> Callable[[tuple, Any], bool]:

@@ -6,7 +6,7 @@
   sharded over all devices. Batches come from grain (`orca_jax.data.loader`) with a fixed shape: the last, partial
   batch of an epoch, and any batch that does not divide over the devices, is padded and masked, so one program
   serves the whole run and the loss is exactly that of the real examples.
-- The loss, the outputs' shape and units, and the metric are the task's (`objective.TaskObjective`).
+- The loss, the outputs' shape and units, and the metric are the task's (`task_loss.TaskLoss`).
 - The optimizer is the official update rule (`optimizers.refine_optimizer`): per-micro-batch warm-up and decay,
   summed accumulation, clipping; the fine-tune mode's path rules (`finetune`) decide which parameters it sees.
 - Model selection is on the validation split carved from the training data (`refine.select="best"`), or the last
@@ -55,7 +55,7 @@ from orca_jax.parallel import (
 from orca_jax.train.checkpoints import TreeWriter, load_tree
 from orca_jax.train.finetune import trainable
 from orca_jax.train.metrics import MetricAccumulator
-from orca_jax.train.objective import TaskObjective
+from orca_jax.train.task_loss import TaskLoss
 from orca_jax.train.optimizers import refine_optimizer
 from orca_jax.train.stage import StageRun
 from orca_jax.workdir import write_file
@@ -79,7 +79,7 @@ class RefineResult:
     stopped: dict | None = None  # {"epoch", "reason"} when the epoch hook ended the stage early
 
 
-def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, objective: TaskObjective,
+def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, task_loss: TaskLoss,
                mesh: Mesh, state_shardings):
     """Jitted (train_step, eval_step). Only `params` (the trainable parameters) are differentiated; `frozen` (the
     parameters the fine-tune mode freezes) enter as constants of the step."""
@@ -88,14 +88,14 @@ def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, 
     def train_step(params, frozen, opt_state, x, y, mask, meta, key):
         def loss_of(params):
             model = nnx.merge(graphdef, params, frozen)
-            return objective.loss(model(x, rngs=nnx.Rngs(dropout=key)), y, mask, meta)
+            return task_loss.loss(model(x, rngs=nnx.Rngs(dropout=key)), y, mask, meta)
 
         loss, grads = jax.value_and_grad(loss_of)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     def eval_step(params, frozen, x):
-        return objective.outputs(nnx.merge(graphdef, params, frozen)(x))
+        return task_loss.outputs(nnx.merge(graphdef, params, frozen)(x))
 
     train = jax.jit(train_step, donate_argnums=(0, 2), out_shardings=(*state_shardings, rep))
     return train, jax.jit(eval_step)
@@ -128,7 +128,8 @@ def evaluation_batches(val: int, test: int, batch_size: int) -> tuple[int, int]:
     return val_batch, val_batch if 2 * val_batch >= test_batch else test_batch
 
 
-def evaluate(eval_step, params, frozen, split: Split, batch_size: int, metric: str, mesh: Mesh, data) -> MetricAccumulator:
+def evaluate(eval_step, params, frozen, split: Split, batch_size: int, metric: str, mesh: Mesh,
+             data) -> MetricAccumulator:
     """The split's outputs and targets, from which `.result()` computes the metric over the whole split: each
     process feeds its rows of every batch, and every process collects all outputs and targets."""
     accumulator = MetricAccumulator(metric)
@@ -143,7 +144,7 @@ def evaluate(eval_step, params, frozen, split: Split, batch_size: int, metric: s
 
 
 def run_refine(
-    model: nnx.Module, task: Task, objective: TaskObjective, config, *, mesh: Mesh, workdir: epath.PathLike,
+    model: nnx.Module, task: Task, task_loss: TaskLoss, config, *, mesh: Mesh, workdir: epath.PathLike,
     preemption: PreemptionGuard | None = None, step_offset: int = 0, on_epoch: EpochHook | None = None,
     test: bool = True,
 ) -> RefineResult:
@@ -179,7 +180,7 @@ def run_refine(
     frozen_shardings = param_shardings(frozen, mesh, config.mesh.rules, min_shard_bytes=config.mesh.min_shard_bytes)
     params, frozen = place(params, shardings), place(frozen, frozen_shardings)  # copies: the step donates params
     opt_state, opt_shardings = init_optimizer(optimizer, params, shardings)
-    train_step, eval_step = make_steps(graphdef, optimizer, objective, mesh, (shardings, opt_shardings))
+    train_step, eval_step = make_steps(graphdef, optimizer, task_loss, mesh, (shardings, opt_shardings))
     val_batch, test_batch = evaluation_batches(len(task.val), len(task.test), config.eval_batch_size)
 
     best_dir = workdir / "refine_best"
@@ -201,7 +202,7 @@ def run_refine(
         run.save(epoch * steps_per_epoch + step, {"params": params, "opt_state": opt_state}, position)
 
     key = jax.random.key(seed)
-    sign = 1.0 if objective.higher_is_better else -1.0
+    sign = 1.0 if task_loss.higher_is_better else -1.0
     data = config.data
     inputs = iterate(batches, state=position["data"], threads=data.threads, prefetch=data.prefetch,
                      workers=data.workers)
@@ -219,7 +220,7 @@ def run_refine(
             for step in bar:
                 batch = next(inputs)
                 global_step = epoch * steps_per_epoch + step
-                meta = {name: batch_from_process_rows(batch["meta"][name], mesh) for name in objective.loss_meta}
+                meta = {name: batch_from_process_rows(batch["meta"][name], mesh) for name in task_loss.loss_meta}
                 params, opt_state, loss = train_step(
                     params, frozen, opt_state, *(batch_from_process_rows(batch[k], mesh) for k in ("x", "y", "mask")),
                     meta, jax.random.fold_in(key, global_step),
@@ -234,11 +235,11 @@ def run_refine(
                         run.stop(f"at epoch {epoch + 1}, step {step + 1}")
                     stopping = True  # on an epoch's last step the epoch finishes: its checkpoint is the stop's
             steps_end = time.perf_counter()
-            val = evaluate(eval_step, params, frozen, task.val, val_batch, objective.metric, mesh, data).result()
+            val = evaluate(eval_step, params, frozen, task.val, val_batch, task_loss.metric, mesh, data).result()
             # seconds: the stage's, over its attempts; step_seconds: this epoch's training steps, the rest being
             # evaluation and bookkeeping.
             record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
-                      f"val_{objective.metric}": val, "seconds": run.seconds,
+                      f"val_{task_loss.metric}": val, "seconds": run.seconds,
                       "step_seconds": steps_end - epoch_start}
             position["history"].append(record)
             run.log.write(position["history"])
@@ -268,14 +269,14 @@ def run_refine(
             params = best
     nnx.update(model, params)
     if not test:
-        return RefineResult(position["best_epoch"], position["best_val"], None, objective.metric,
+        return RefineResult(position["best_epoch"], position["best_val"], None, task_loss.metric,
                             position["history"], seconds, notes, stopped)
-    outputs = evaluate(eval_step, params, frozen, task.test, test_batch, objective.metric, mesh, data)
+    outputs = evaluate(eval_step, params, frozen, task.test, test_batch, task_loss.metric, mesh, data)
     # The test split's outputs (in the targets' units) next to its targets, for analysis beyond the one metric.
     test_outputs, test_targets, test_meta = outputs.arrays()
     buffer = io.BytesIO()
     np.savez(buffer, outputs=test_outputs, targets=test_targets,
              **{f"meta_{name}": values for name, values in test_meta.items()})
     write_file(workdir / "test_outputs.npz", buffer.getvalue())
-    return RefineResult(position["best_epoch"], position["best_val"], outputs.result(), objective.metric,
+    return RefineResult(position["best_epoch"], position["best_val"], outputs.result(), task_loss.metric,
                         position["history"], seconds, notes, stopped)

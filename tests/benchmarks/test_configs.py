@@ -21,7 +21,7 @@ from orca_jax.pipeline import build_model
 from orca_jax.train.align import AlignStep
 from orca_jax.train.finetune import align_trainable, trainable
 from orca_jax.train.optimizers import refine_optimizer as make_refine_optimizer
-from orca_jax.train.objective import make_objective
+from orca_jax.train.task_loss import make_task_loss
 from orca_jax.train.refine import make_steps
 from tests.benchmarks.published import REAL_SHAPES
 from tests.image_checkpoints import save_tiny_swin
@@ -210,7 +210,7 @@ def test_every_config_takes_an_align_and_a_refine_step_on_the_published_shapes(k
     else:
         shape, target, kind = REAL_SHAPES[config.task.name]
     task = synthetic_task(config.task.name, shape, target, kind)
-    objective = make_objective(task, config.task)
+    objective = make_task_loss(task, config.task)
     model = build_model(config, task, objective)
     if config.task.name in TOKENS:
         assert model.embedder.num_tokens == TOKENS[config.task.name]

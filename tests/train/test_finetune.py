@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 from orca_jax.models import TextEncoder, TextEncoderConfig
 from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
 from orca_jax.models.orca import OrcaModel
-from orca_jax.train.finetune import ALIGN_RULES, FINETUNE_MODES, align_trainable, is_trainable, trainable
+from orca_jax.train.finetune import ALIGN_RULES, FINETUNE_RULES, align_trainable, is_trainable, trainable
 from orca_jax.train.optimizers import refine_optimizer
 from tests.image_checkpoints import TWO_STAGES, tiny_swin
 
@@ -207,7 +207,7 @@ def test_each_mode_trains_exactly_its_parameters(build):
     before = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     names = {path: official_names(path) for path in before}
     assert any("downsample.norm" in name for group in names.values() for name in group) == (build is tiny_swin_model)
-    for mode in FINETUNE_MODES:
+    for mode in FINETUNE_RULES:
         graphdef, params, frozen = nnx.split(model, trainable(mode), ...)
         grads = jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, frozen)(x) ** 2)))(params)
         optimizer = refine_optimizer(optimizer_config("adamw", 0.1, 0.1), refine_config(clip=1.0), 4)
@@ -233,3 +233,26 @@ def test_bad_mode_and_foreign_parameters_are_named():
         trainable("layer-norm")
     with pytest.raises(ValueError, match=r"does not start with one of \('embedder', 'body', 'head'\)"):
         is_trainable("all", ("encoder", "w"))
+
+
+def test_a_new_mode_is_one_registry_entry(monkeypatch):
+    """Registered once, a mode is what the split trains and a name the config checks accept."""
+    from orca_jax.config import base_config
+    from orca_jax.config_checks import ConfigError, check_config
+    from orca_jax.train.finetune import UNUSED_BODY_PARTS
+
+    rules = (UNUSED_BODY_PARTS, (r"body/.*/(mlp_in|mlp_out)/[^/]+", True), ("body/.*", False), (".*", True))
+    monkeypatch.setitem(FINETUNE_RULES, "mlp-only", rules)
+    model, _ = tiny_text_model()
+    _, params, _ = nnx.split(model, trainable("mlp-only"), ...)
+    body = {path[-2] for path, _ in nnx.to_flat_state(params) if path[0] == "body"}
+    assert body == {"mlp_in", "mlp_out"}
+    config = base_config()
+    config.refine.update(epochs=1, finetune_method="mlp-only")
+    try:
+        check_config(config, devices=1)
+    except ConfigError as error:
+        assert not any("finetune_method" in problem for problem in error.problems), error.problems
+    config.refine.finetune_method = "mlp-onyl"
+    with pytest.raises(ConfigError, match="did you mean 'mlp-only'"):
+        check_config(config, devices=1)

@@ -8,7 +8,7 @@ from flax import nnx
 
 from orca_jax.config import base_config
 from orca_jax.data.types import Split, Task
-from orca_jax.train.objective import make_objective
+from orca_jax.train.task_loss import make_task_loss
 from orca_jax.models import from_pretrained
 from orca_jax.models.embedders import SequenceEmbedder
 from orca_jax.models.heads import ClassificationHead
@@ -36,7 +36,7 @@ def tiny_task(n_train=44):
 
 
 def refine(model, task, config, **kwargs):
-    return run_refine(model, task, make_objective(task, config.task), config, **kwargs)
+    return run_refine(model, task, make_task_loss(task, config.task), config, **kwargs)
 
 
 def make_model(body_dir, param_dtype=jnp.float32, dtype=jnp.float32):

@@ -10,7 +10,7 @@ import pytest
 from orca_jax.config import base_config
 from orca_jax.data import task_from_arrays
 from orca_jax.data.types import Split
-from orca_jax.train.objective import make_objective
+from orca_jax.train.task_loss import make_task_loss
 
 RNG = np.random.default_rng(0)
 
@@ -18,7 +18,7 @@ RNG = np.random.default_rng(0)
 def objective(task, **options):
     config = base_config().task
     config.update(options)
-    return make_objective(task, config)
+    return make_task_loss(task, config)
 
 
 def test_inverse_frequency_class_weights_as_the_official_tabular_loss():

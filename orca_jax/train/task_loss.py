@@ -1,4 +1,6 @@
-"""A task's training objective: the kind's loss with the config's options, and the outputs its metric sees.
+"""A task's loss (`TaskLoss`): the kind's loss with the config's options, and the outputs its metric sees.
+
+"Objective" in orca-jax means the align stage's distance (`orca_jax.ot.distance`); this is what refine minimises.
 
 The task's kind (`orca_jax.data.kinds`) picks the defaults; the config's `task` section may override them:
 - `loss`, `metric`: names in `losses.LOSSES` / `metrics.METRICS` ("" = the kind's);
@@ -36,7 +38,7 @@ _CHUNK = 4096  # rows per pass when computing target statistics (targets may be 
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskObjective:
+class TaskLoss:
     kind: TaskKind
     loss_name: str
     metric: str
@@ -88,14 +90,14 @@ class TaskObjective:
         return get_loss(self.loss_name)(outputs, targets, mask, **options)
 
 
-def linear_outputs(task: Task, objective: TaskObjective) -> int:
+def linear_outputs(task: Task, task_loss: TaskLoss) -> int:
     """Outputs of a linear head (or any model ending in one): a logit per class or label, else one per target
     element."""
-    return objective.num_outputs if objective.kind.targets == "values" else task.num_classes
+    return task_loss.num_outputs if task_loss.kind.targets == "values" else task.num_classes
 
 
-def make_objective(task: Task, task_config) -> TaskObjective:
-    """The objective of `task` with the options of the config's `task` section (see the module docstring)."""
+def make_task_loss(task: Task, task_config) -> TaskLoss:
+    """The loss of `task` with the options of the config's `task` section (see the module docstring)."""
     kind = get_task_kind(task.kind)
     c = task_config
     loss_name, metric = c.loss or kind.loss, c.metric or kind.metric
@@ -123,7 +125,7 @@ def make_objective(task: Task, task_config) -> TaskObjective:
                    f"a meta array of example shape {np.shape(found)[1:]}, not the targets' {task.target_shape}")
                 + "; set task.ignore_meta='' or use a task that provides it."
             )
-    return TaskObjective(
+    return TaskLoss(
         kind, loss_name, metric, task.target_shape, class_weights,
         float(c.pos_weight) if c.pos_weight > 0 else None, float(c.clip_targets) if c.clip_targets > 0 else None,
         mean, std, c.ignore_meta or None,
