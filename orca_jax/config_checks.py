@@ -33,7 +33,6 @@ from orca_jax.data.kinds import CLASS_WEIGHTINGS, TASK_KINDS
 from orca_jax.data.sources import SOURCES
 from orca_jax.data.tasks import TASK_LOADERS, scheme_loader
 from orca_jax.models.pretrained import ARCHITECTURES
-from orca_jax.models.swin import Swin
 from orca_jax.ot.sinkhorn import SOLVERS
 from orca_jax.parallel.mesh import mesh_axes
 from orca_jax.parallel.sharding import check_rules
@@ -216,7 +215,7 @@ def _body_modality(c: _Checker) -> str | None:
         c.fail("body.checkpoint", f"its config.json has model_type={model_type!r}, which orca-jax cannot load; use a "
                                   f"checkpoint of one of {', '.join(sorted(ARCHITECTURES))}")
         return None
-    return "image" if ARCHITECTURES[model_type].module is Swin else "text"
+    return ARCHITECTURES[model_type].family.modality
 
 
 def _check_body(c: _Checker, align: bool) -> None:

@@ -22,11 +22,10 @@ from orca_jax.data.kinds import get_task_kind
 from orca_jax.data.tasks import check_task, class_notes, load_task
 from orca_jax.data.types import DataError, Task
 from orca_jax.inference.record import write_task_record
+from orca_jax.models.families import family_of
 from orca_jax.models.pretrained import load_checkpoint
-from orca_jax.models.embedders import ImageEmbedder, SequenceEmbedder
 from orca_jax.models.heads import ClassificationHead, ImageDenseHead, SequenceDenseHead, SequenceLinearHead
 from orca_jax.models.orca import OrcaModel
-from orca_jax.models.swin import Swin
 from orca_jax.ot import pseudo_labels
 from orca_jax.parallel import PreemptionGuard, make_mesh
 from orca_jax.train.align import OBJECTIVES, align_classes, load_aligned_embedder, measure_distance, run_align
@@ -47,22 +46,12 @@ def build_model(config: ConfigDict, task: Task, task_loss: TaskLoss) -> OrcaMode
     rngs = nnx.Rngs(config.seed)
     # The official code copies the body's pieces into the embedder when it aligns, and initialises it anew otherwise.
     init_from_body = {"auto": config.align.epochs > 0, "body": True, "fresh": False}[config.embedder.init]
-    if isinstance(body, Swin):
-        if task.layout != "NHWC":
-            raise DataError(f"Task {task.name!r} has {task.layout} inputs; a Swin body takes images (NHWC).")
-        embedder = ImageEmbedder.from_body(
-            body, task.input_shape[-1], init_from_body=init_from_body, antialias=config.embedder.antialias, rngs=rngs
-        )
-        width = body.config.num_features
-    else:
-        if task.layout != "NLC":
-            raise DataError(f"Task {task.name!r} has {task.layout} inputs; a text body takes sequences (NLC).")
-        length, channels = task.input_shape
-        embedder = SequenceEmbedder.from_body(
-            body, channels, length, target_seq_len=config.embedder.target_seq_len, init_from_body=init_from_body,
-            norm=config.embedder.norm, rngs=rngs,
-        )
-        width = body.config.hidden_size
+    family = family_of(body)
+    if task.layout != family.layout:
+        raise DataError(f"Task {task.name!r} has {task.layout} inputs; {family.name} takes {family.inputs} "
+                        f"({family.layout}).")
+    embedder = family.build_embedder(body, task.input_shape, config.embedder, init_from_body=init_from_body, rngs=rngs)
+    width = family.width(body)
     head = build_head(task, task_loss, body, embedder, width, dense_1d=config.head.dense_1d, param_dtype=param_dtype,
                       dtype=dtype, rngs=rngs)
     return OrcaModel(embedder, body, head)

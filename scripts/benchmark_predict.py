@@ -48,14 +48,14 @@ def torch_pipeline(trained, export_dir: Path):
         SequenceLinearHead,
         adaptive_pool_matrix,
     )
-    from orca_jax.models.swin import Swin
+    from orca_jax.models.families import FAMILIES, family_of
 
     weights = {k: torch.from_numpy(np.ascontiguousarray(v))
                for k, v in load_file(export_dir / "model.safetensors").items()}
     body = transformers.AutoModel.from_pretrained(export_dir / "body").eval()
     embedder, head = trained.model.embedder, trained.model.head
     task_loss = trained.info.task_loss()
-    image = isinstance(trained.model.body, Swin)
+    image = family_of(trained.model.body) is FAMILIES["image"]  # the PyTorch side is written per family
 
     def conv_weight(name):  # nnx (*spatial, in, out) -> torch (out, in, *spatial)
         w = weights[name]

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from orca_jax.atomic import atomic_path, atomic_write
 from orca_jax.data.source_set import OFFICIAL_SOURCE_SIZE, SourceSet
 from orca_jax.data.sources import SOURCES, load_source, source_spec
+from orca_jax.models.families import family_of
 from orca_jax.models.pretrained import load_checkpoint
 from orca_jax.models.swin import Swin
 from orca_jax.models.text_encoder import TextEncoder
@@ -130,8 +131,22 @@ def image_features(body: Swin, images: np.ndarray, *, batch_size: int = 64, prog
     return _batched(lambda x: embed(state, x), [images], batch_size, "image features", progress)
 
 
+def _embed_text(body, inputs, *, tokenizer=None, **options) -> np.ndarray:
+    if tokenizer is None:
+        raise ValueError("A text encoder needs its tokenizer to embed a text source; pass tokenizer=.")
+    return text_features(body, tokenizer, inputs, **options)
+
+
+def _embed_images(body, inputs, *, tokenizer=None, **options) -> np.ndarray:
+    return image_features(body, inputs, **options)
+
+
+# A source set's modality -> how a body of a family with that modality embeds its inputs.
+EMBEDDINGS: dict[str, Callable[..., np.ndarray]] = {"text": _embed_text, "image": _embed_images}
+
+
 def embed_source(
-    body: TextEncoder | Swin,
+    body: nnx.Module,
     source: SourceSet,
     *,
     tokenizer=None,
@@ -140,13 +155,9 @@ def embed_source(
 ) -> np.ndarray:
     """Source features of `source` under `body`; a text body needs its tokenizer."""
     batch = {} if batch_size is None else {"batch_size": batch_size}
-    if isinstance(body, TextEncoder) and source.modality == "text":
-        if tokenizer is None:
-            raise ValueError("A text encoder needs its tokenizer to embed a text source; pass tokenizer=.")
-        return text_features(body, tokenizer, source.inputs, progress=progress, **batch)
-    if isinstance(body, Swin) and source.modality == "image":
-        return image_features(body, source.inputs, progress=progress, **batch)
-    modality = "text" if isinstance(body, TextEncoder) else "image"
+    modality = family_of(body).modality
+    if source.modality == modality:
+        return EMBEDDINGS[modality](body, source.inputs, tokenizer=tokenizer, progress=progress, **batch)
     fitting = sorted(name for name, spec in SOURCES.items() if spec.modality == modality)
     raise ValueError(
         f"Source {source.name!r} is a {source.modality} source, which a {type(body).__name__} body cannot embed; "
@@ -283,7 +294,7 @@ def load_or_compute(
     if body is None:
         body = load_checkpoint(checkpoint).model
     tokenizer = None
-    if isinstance(body, TextEncoder):
+    if family_of(body).needs_tokenizer:
         from transformers import AutoTokenizer  # slow to import; only a text body on a cache miss needs it
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(checkpoint))

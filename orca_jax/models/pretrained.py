@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from orca_jax.models.swin import Swin, SwinConfig
+from orca_jax.models.families import FAMILIES, BodyFamily
+from orca_jax.models.swin import SwinConfig
 from orca_jax.models.swin_keys import swin_keys
-from orca_jax.models.text_encoder import TextEncoder, TextEncoderConfig
+from orca_jax.models.text_encoder import TextEncoderConfig
 from orca_jax.models.text_encoder_keys import BERT_FAMILY_KEYS
 from orca_jax.weights import KeyTable, load_into, read_config, read_tensors, resolve_checkpoint
 
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 class Architecture:
     # (config.json contents, names of the body's tensors with the task-model prefix removed) -> our config
     build_config: Callable[[dict, Sequence[str]], Any]
-    module: Callable[..., nnx.Module]
+    family: BodyFamily  # the body module it loads into, and what the rest of orca-jax asks of it
     key_table: Callable[[Any], KeyTable]
     body_prefixes: Sequence[str]
 
@@ -44,12 +45,13 @@ def _text_encoder_config(hf_config: dict, body_names: Sequence[str]) -> TextEnco
 
 _TEXT = Architecture(
     _text_encoder_config,
-    TextEncoder,
+    FAMILIES["text"],
     lambda config: BERT_FAMILY_KEYS,
     ("roberta.", "bert.", "xlm_roberta.", "camembert."),
 )
 # SwinForImageClassification / SwinForMaskedImageModeling keep the body under "swin."; a bare SwinModel has none.
-_SWIN = Architecture(lambda hf_config, body_names: SwinConfig.from_hf(hf_config), Swin, swin_keys, ("swin.",))
+_SWIN = Architecture(lambda hf_config, body_names: SwinConfig.from_hf(hf_config), FAMILIES["image"], swin_keys,
+                     ("swin.",))
 ARCHITECTURES: dict[str, Architecture] = {
     "bert": _TEXT, "roberta": _TEXT, "xlm-roberta": _TEXT, "camembert": _TEXT, "swin": _SWIN
 }
@@ -106,7 +108,7 @@ def load_checkpoint(
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout} must be in [0, 1).")
         config = dataclasses.replace(config, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    build = lambda: arch.module(config, param_dtype=param_dtype, dtype=dtype, rngs=nnx.Rngs(0))  # noqa: E731
+    build = lambda: arch.family.module(config, param_dtype=param_dtype, dtype=dtype, rngs=nnx.Rngs(0))  # noqa: E731
     model, dropped = load_into(build, body, arch.key_table(config))
     if head_keys:
         log.warning(
