@@ -64,7 +64,7 @@ from orca_jax.data.tasks import load_task, task_from_arrays  # noqa: E402
 from orca_jax.data.types import Split, Task  # noqa: E402
 from orca_jax.models.packaged import packaged_minilm  # noqa: E402
 from orca_jax.plotting import figure_png  # noqa: E402
-from orca_jax.sweep import t_interval  # noqa: E402
+from orca_jax.sweep.report import t_interval  # noqa: E402
 
 SOURCE, SOURCE_SIZE = "python_docs", 1000
 

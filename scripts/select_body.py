@@ -21,7 +21,7 @@ from ml_collections import config_flags
 from orca_jax.cli import run_app, run_command
 from orca_jax.config_checks import ConfigError
 from orca_jax.parallel import is_main_process
-from orca_jax.sweep import ranking_markdown, select_bodies
+from orca_jax.sweep.bodies import ranking_markdown, select_bodies
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _BODIES = flags.DEFINE_list("bodies", None, "Candidate bodies: hub ids or checkpoint directories, comma-separated.")

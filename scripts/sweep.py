@@ -24,7 +24,8 @@ from ml_collections import config_flags
 from orca_jax.cli import run_app, run_command, seeds_flag
 from orca_jax.config_checks import ConfigError
 from orca_jax.parallel import is_main_process
-from orca_jax.sweep import SWEEPS, run_sweep, select_variants
+from orca_jax.sweep.runner import run_sweep
+from orca_jax.sweep.variants import SWEEPS, select_variants
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _SWEEP = flags.DEFINE_enum("sweep", None, sorted(SWEEPS), "A built-in sweep of orca_jax/sweep.py.")

@@ -16,7 +16,9 @@ from orca_jax.config import load_config_file
 from orca_jax.config_checks import ConfigError
 from orca_jax.data import task_from_arrays
 from orca_jax.pipeline import load_configured_task
-from orca_jax.sweep import Variant, apply_overrides, run_sweep, t_interval
+from orca_jax.sweep.report import t_interval
+from orca_jax.sweep.runner import run_sweep
+from orca_jax.sweep.variants import Variant, apply_overrides
 from orca_jax.train import metrics
 from orca_jax.train.task_loss import make_task_loss
 from tests.test_exit_status import DRIVER

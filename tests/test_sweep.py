@@ -14,20 +14,11 @@ from scipy import stats
 
 from orca_jax.config import base_config, load_config_file
 from orca_jax.config_checks import check_config
-from orca_jax.sweep import (
-    SWEEPS,
-    RunRecord,
-    Variant,
-    add_sweep_results,
-    apply_overrides,
-    check_variants,
-    run_config,
-    run_sweep,
-    select_bodies,
-    select_variants,
-    t_interval,
-    write_reports,
-)
+from orca_jax.sweep.bodies import add_sweep_results, select_bodies
+from orca_jax.sweep.records import RunRecord
+from orca_jax.sweep.report import t_interval, write_reports
+from orca_jax.sweep.runner import run_sweep
+from orca_jax.sweep.variants import SWEEPS, Variant, apply_overrides, check_variants, run_config, select_variants
 from orca_jax.workdir import RunLock, WorkdirError
 from tests.text_checkpoints import save_tiny_text_model
 
@@ -231,7 +222,7 @@ def test_select_bodies_ranks_then_sweeps_the_top_bodies(tmp_path, monkeypatch):
         (Path(workdir) / "summary.json").write_text(json.dumps(summary))
         return summary
 
-    monkeypatch.setattr("orca_jax.sweep.source_scale", lambda config: 2.0)
+    monkeypatch.setattr("orca_jax.sweep.bodies.source_scale", lambda config: 2.0)
     ranking = select_bodies(_config(), list(distances), tmp_path, align_epochs=3, sweep_seeds=[0], top_k=2,
                             run_fn=short_or_full)
     assert [(e["name"], e["rank"], e["distance_after"]) for e in ranking] == [

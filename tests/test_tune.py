@@ -15,7 +15,8 @@ import pytest
 
 from orca_jax.config import load_config_file
 from orca_jax.config_checks import check_config
-from orca_jax.sweep import RunRecord, apply_overrides
+from orca_jax.sweep.records import RunRecord
+from orca_jax.sweep.variants import apply_overrides
 from orca_jax.tune import SPACES, Search, open_study, parse_space, prepare, run_workers, work, write_report
 from orca_jax.tune.report import command_line, cost, final_runs
 from orca_jax.tune.study import trial_dir

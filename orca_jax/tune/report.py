@@ -3,7 +3,7 @@
 The trials selected on validation alone; the test split is evaluated here for the first time, for the tuned and
 the default recipe, each over seeds the trials never used (a seed draws the validation split, so the chosen
 recipe's validation score is optimistic by selection and the test split is the only honest comparison). The re-runs
-are a sweep of two variants (`orca_jax.sweep.run_sweep`, in `DIR/final/`), so they resume, skip finished runs and
+are a sweep of two variants (`orca_jax.sweep.runner.run_sweep`, in `DIR/final/`), so they resume, skip finished runs and
 report means with Student-t intervals like every sweep.
 """
 
@@ -16,7 +16,10 @@ import optuna
 
 from orca_jax.pipeline import run
 from orca_jax.plotting import figure_png
-from orca_jax.sweep import CONFIDENCE, RunRecord, Variant, _cell, _fmt, _md, aggregate, metric_phrase, run_sweep
+from orca_jax.sweep.records import RunRecord
+from orca_jax.sweep.report import CONFIDENCE, aggregate, fmt_number, interval_cell, md_escape, metric_phrase
+from orca_jax.sweep.runner import run_sweep
+from orca_jax.sweep.variants import Variant
 from orca_jax.tune.study import Search
 from orca_jax.workdir import write_file
 
@@ -162,7 +165,7 @@ def write_report(search: Search, study: optuna.Study, records: Sequence[RunRecor
         *([f"**Not final:** {'; '.join(later)}. Rerun the same command when every trial is done: it re-runs the "
            "recipe that is best then and reports it.", ""] if later else []),
         "## The chosen recipe", "",
-        f"Trial {best.number}, validation {metric} {_fmt(best.value)}:", "",
+        f"Trial {best.number}, validation {metric} {fmt_number(best.value)}:", "",
         "```bash", command_line(base_command, best.params), "```", "",
         (f"Test {phrase}, mean and {CONFIDENCE:.0%} Student-t interval over fresh seeds "
          f"{', '.join(map(str, sorted({r.seed for r in records})))} (never used by a trial); `final/results.md` has "
@@ -172,7 +175,7 @@ def write_report(search: Search, study: optuna.Study, records: Sequence[RunRecor
     labelled = [(rows[tuned], "tuned (the chosen recipe)"), (rows["default"], "default (the config as given)")]
     labelled += [(row, row["variant"]) for row in rows.values() if row["baseline"]]
     for row, label in labelled:
-        lines.append(f"| {label} | {row['runs']} | {row['failed']} | {_cell(row, 'test')} | {_cell(row, 'best_val')} |")
+        lines.append(f"| {label} | {row['runs']} | {row['failed']} | {interval_cell(row, 'test')} | {interval_cell(row, 'best_val')} |")
     lines += [
         "", "## Cost", "",
         (f"Trials: {spend['device_hours']:.3g} device-hours (a device: a worker's GPU or CPU core), "
@@ -197,7 +200,7 @@ def write_report(search: Search, study: optuna.Study, records: Sequence[RunRecor
     for t in trials:
         note = t.user_attrs.get("error") or (t.user_attrs.get("stopped") or {}).get("reason", "")
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        lines.append(f"| {t.number} | {STATES[t.state]}{': ' + _md(note) if note else ''} | {_fmt(t.value)} | "
+        lines.append(f"| {t.number} | {STATES[t.state]}{': ' + md_escape(note) if note else ''} | {fmt_number(t.value)} | "
                      f"{t.user_attrs.get('epochs', '–')} | {_device_hours(t):.3g} | {params} |")
     text = "\n".join(lines) + "\n"
     write_file(root / "tune.md", text)

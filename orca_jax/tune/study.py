@@ -7,7 +7,7 @@
   validation metric of the epoch the run would test (`refine.select`).
 - Alignment is shared: the align stage depends on no refine setting, so a trial whose alignment (its config with
   the refine settings put back to the base recipe's) was run before refines from that run's embedder
-  (`sweep.refine_from`) in `DIR/align/<hash>/`, which the first trial to need it runs, the others waiting for it.
+  (`sweep.variants.refine_from`) in `DIR/align/<hash>/`, which the first trial to need it runs, the others waiting for it.
 - Pruning: the first seed's run reports each epoch's validation metric to the trial, and the study's pruner may stop
   it there (`refine.stopped` in its summary, state PRUNED). Only the first seed's curve is reported: the pruner
   compares trials at equal epochs, and the seeds are run one after another.
@@ -46,7 +46,8 @@ from ml_collections import ConfigDict
 from orca_jax.config_checks import ConfigError
 from orca_jax.data.kinds import get_task_kind
 from orca_jax.pipeline import DiskFullError, load_configured_task, run
-from orca_jax.sweep import apply_overrides, finished_summary, refine_from, run_dir
+from orca_jax.sweep.runner import finished_summary
+from orca_jax.sweep.variants import apply_overrides, refine_from, run_dir
 from orca_jax.train.metrics import get_metric
 from orca_jax.tune.spaces import Param
 from orca_jax.workdir import RunLock, WorkdirError
