@@ -6,7 +6,7 @@
         --config.body.checkpoint=SMALL_BODY_DIR --workdir=/tmp/smoke    # tiny run: offline sources, 16 examples
 
 Tasks: cifar100, spherical, ninapro, fsd50k, darcy, psicov, cosmic (Swin-base, aligned to CIFAR-10 features), ecg,
-satellite, deepsea (RoBERTa-base, aligned to CoNLL-2003 features). Data: orca_jax/data/benchmarks/nb360.py.
+satellite, deepsea (RoBERTa-base, aligned to CoNLL-2003 features). Data: orca_jax/data/benchmarks/nb360/.
 Batch sizes are the official single-GPU ones; on more devices they are padded with masked rows, so every update is
 the official one.
 

@@ -7,16 +7,21 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from orca_jax.data import load_task
-from orca_jax.data.benchmarks import nb360
-from orca_jax.data.types import LazyArray
 from orca_jax.data.benchmarks.files import CorruptFile, MissingFile
+from orca_jax.data.benchmarks.nb360.audio import FSD_HOP, FSD_N_FFT, FSD_WIN, log_mel, mel_filterbank, power_spectrogram
+from orca_jax.data.benchmarks.nb360.cosmic import cosmic_files, load_cosmic, prepare_cosmic
+from orca_jax.data.benchmarks.nb360.fsd50k import load_fsd50k, prepare_fsd50k
+from orca_jax.data.benchmarks.nb360.images import load_cifar100, load_darcy, load_spherical
+from orca_jax.data.benchmarks.nb360.psicov import load_psicov
+from orca_jax.data.benchmarks.nb360.signals import load_deepsea, load_ecg, load_ninapro, load_satellite
 from orca_jax.data.image_sources import augment
+from orca_jax.data.types import LazyArray
 from tests.benchmarks import published
 
 
 def test_ecg_windows_are_cut_per_class_from_z_scored_records_split_by_record(tmp_path):
     raw = published.write_ecg(tmp_path)
-    data = nb360.load_ecg(data_dir=tmp_path)
+    data = load_ecg(data_dir=tmp_path)
     published.assert_real_shapes("ecg", data)
     assert (data.layout, data.kind, data.num_classes) == ("NLC", "classification_f1", 4)
     train_records, test_records = train_test_split(np.arange(40), test_size=0.1, random_state=0)
@@ -40,14 +45,14 @@ def test_ecg_windows_are_cut_per_class_from_z_scored_records_split_by_record(tmp
 
 def test_satellite_and_ninapro_layouts(tmp_path):
     raw = published.write_satellite(tmp_path)
-    data = nb360.load_satellite(data_dir=tmp_path)
+    data = load_satellite(data_dir=tmp_path)
     published.assert_real_shapes("satellite", data)
     np.testing.assert_array_equal(data.train.x[..., 0], raw["train"]["data"])
     np.testing.assert_array_equal(data.test.y, raw["test"]["label"] - 1)
     assert (data.layout, data.num_classes) == ("NLC", 24)
 
     raw = published.write_ninapro(tmp_path)
-    data = nb360.load_ninapro(data_dir=tmp_path)
+    data = load_ninapro(data_dir=tmp_path)
     published.assert_real_shapes("ninapro", data)
     assert data.train.x.shape == (16, 16, 52, 1) and data.test.x.shape == (5, 16, 52, 1)  # train + val train
     np.testing.assert_array_equal(data.train.x[3, :, :, 0], raw["ninapro_train"][3].T)  # 16 channels x 52 steps
@@ -60,7 +65,7 @@ def test_deepsea_members_are_memory_mapped_and_train_merges_validation(tmp_path,
     task = load_task("deepsea", data_dir=str(tmp_path), val_fraction=0.25)
     assert (task.kind, task.num_classes, task.layout, task.input_shape) == ("multilabel_auroc", 36, "NLC", (1000, 4))
     assert len(task.train) + len(task.val) == 28
-    data = nb360.load_deepsea(data_dir=tmp_path)
+    data = load_deepsea(data_dir=tmp_path)
     published.assert_real_shapes("deepsea", data)
     np.testing.assert_array_equal(np.asarray(data.train.x), np.concatenate([raw["x_train"], raw["x_val"]]))
     assert isinstance(data.test.x, np.memmap)
@@ -69,7 +74,7 @@ def test_deepsea_members_are_memory_mapped_and_train_merges_validation(tmp_path,
 
 def test_cifar100_normalises_and_augments_in_pixel_space(tmp_path):
     raw = published.write_cifar100(tmp_path)
-    data = nb360.load_cifar100(data_dir=tmp_path)
+    data = load_cifar100(data_dir=tmp_path)
     published.assert_real_shapes("cifar100", data)
     images = raw["train"][b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     mean, std = np.asarray((0.5071, 0.4867, 0.4408)), np.asarray((0.2675, 0.2565, 0.2761))
@@ -83,7 +88,7 @@ def test_cifar100_normalises_and_augments_in_pixel_space(tmp_path):
 
 def test_spherical_images_are_scaled_channels_last(tmp_path):
     raw = published.write_spherical(tmp_path)
-    data = nb360.load_spherical(data_dir=tmp_path)
+    data = load_spherical(data_dir=tmp_path)
     published.assert_real_shapes("spherical", data)
     np.testing.assert_allclose(data.test.x[:], raw["test"]["images"].transpose(0, 2, 3, 1) / 255.0, rtol=1e-6)
     assert data.train.x.shape == (8, 60, 60, 3)
@@ -92,7 +97,7 @@ def test_spherical_images_are_scaled_channels_last(tmp_path):
 @pytest.mark.parametrize("v73", [False, True])
 def test_darcy_subsamples_normalises_and_adds_the_grid(tmp_path, v73):
     raw = published.write_darcy(tmp_path, n_train=6, n_test=3, v73=v73)
-    data = nb360.load_darcy(data_dir=tmp_path)
+    data = load_darcy(data_dir=tmp_path)
     published.assert_real_shapes("darcy", data)
     assert data.train.x.shape == (6, 85, 85, 3) and data.test.y.shape == (3, 85, 85)
     coeff = raw[1]["coeff"][:, ::5, ::5]
@@ -106,7 +111,7 @@ def test_darcy_subsamples_normalises_and_adds_the_grid(tmp_path, v73):
 
 def test_psicov_examples_are_built_lazily_in_the_official_window(tmp_path):
     proteins = published.write_psicov(tmp_path, {"deepcov": [30, 40], "psicov": [35, 505]})
-    data = nb360.load_psicov(data_dir=tmp_path)
+    data = load_psicov(data_dir=tmp_path)
     published.assert_real_shapes("psicov", data)
     assert data.kind == "distance_map" and data.train.x.shape == (2, 512, 512, 57)
     np.testing.assert_array_equal(data.test.meta["length"], [35, 505])
@@ -129,14 +134,14 @@ def test_psicov_examples_are_built_lazily_in_the_official_window(tmp_path):
 def test_cosmic_prepare_keeps_galaxy_fields_and_the_official_crop(tmp_path):
     raw = published.write_cosmic(tmp_path)
     with pytest.raises(MissingFile, match="prepare_data.py cosmic"):
-        nb360.load_cosmic(data_dir=tmp_path)
-    nb360.prepare_cosmic(data_dir=tmp_path)
+        load_cosmic(data_dir=tmp_path)
+    prepare_cosmic(data_dir=tmp_path)
     task = load_task("cosmic", data_dir=str(tmp_path), val_fraction=0.2)
     assert (task.kind, task.input_shape, task.target_shape) == ("dense_2d_binary", (128, 128, 1), (128, 128))
-    data = nb360.load_cosmic(data_dir=tmp_path)
+    data = load_cosmic(data_dir=tmp_path)
     published.assert_real_shapes("cosmic", data)
     assert (len(data.train), len(data.test)) == (6, 3)  # two galaxy fields x 3 exposures; one for test
-    files = nb360.cosmic_files(tmp_path / "nb360" / "cosmic" / "npy_train")
+    files = cosmic_files(tmp_path / "nb360" / "cosmic" / "npy_train")
     first = raw[str(files[0])][:, 64:192, 64:192]
     np.testing.assert_array_equal(data.train.x[0][..., 0], first[0])
     np.testing.assert_array_equal(data.train.y[0], first[1] * (1 - first[2]))
@@ -145,8 +150,8 @@ def test_cosmic_prepare_keeps_galaxy_fields_and_the_official_crop(tmp_path):
 
 def test_fsd50k_features_one_training_chunk_per_clip_and_clip_ids(tmp_path):
     published.write_fsd50k(tmp_path)
-    nb360.prepare_fsd50k(data_dir=tmp_path)
-    data = nb360.load_fsd50k(data_dir=tmp_path)
+    prepare_fsd50k(data_dir=tmp_path)
+    data = load_fsd50k(data_dir=tmp_path)
     published.assert_real_shapes("fsd50k", data)
     assert (data.kind, data.num_classes, data.train.x.shape) == ("multilabel_clip_map", 200, (20, 96, 102, 1))
     assert len(data.test) == 1 + 2 + 3 + 1 and sorted(set(data.test.meta["clip"])) == [5000, 5001, 5002, 5003]
@@ -156,7 +161,7 @@ def test_fsd50k_features_one_training_chunk_per_clip_and_clip_ids(tmp_path):
     import scipy.io.wavfile
 
     _, audio = scipy.io.wavfile.read(tmp_path / "nb360" / "fsd50k" / "eval_chunks" / "5000_0000.wav")
-    np.testing.assert_allclose(data.test.x[0][:, :101, 0], nb360.log_mel(audio / 32768.0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(data.test.x[0][:, :101, 0], log_mel(audio / 32768.0), rtol=1e-5, atol=1e-4)
     x = np.asarray(data.train.x[:1], np.float32)
     outs = [data.train_transform(x, np.random.default_rng(seed)) for seed in range(8)]
     assert all(o.shape == x.shape and not o[..., 101, :].any() for o in outs)
@@ -165,14 +170,14 @@ def test_fsd50k_features_one_training_chunk_per_clip_and_clip_ids(tmp_path):
 
 def test_power_spectrogram_equals_torch_stft():
     audio = np.random.default_rng(0).normal(size=22050).astype(np.float32)
-    window = torch.hann_window(nb360.FSD_WIN)
-    reference = torch.stft(torch.from_numpy(audio), n_fft=nb360.FSD_N_FFT, hop_length=nb360.FSD_HOP,
-                           win_length=nb360.FSD_WIN, window=window, center=True, pad_mode="reflect",
+    window = torch.hann_window(FSD_WIN)
+    reference = torch.stft(torch.from_numpy(audio), n_fft=FSD_N_FFT, hop_length=FSD_HOP,
+                           win_length=FSD_WIN, window=window, center=True, pad_mode="reflect",
                            return_complex=True).abs() ** 2
-    ours = nb360.power_spectrogram(audio)
+    ours = power_spectrogram(audio)
     assert ours.shape == (961, 101)
     np.testing.assert_allclose(ours, reference.numpy(), rtol=1e-3, atol=1e-3)
-    bank = nb360.mel_filterbank()
+    bank = mel_filterbank()
     assert bank.shape == (961, 96) and bank.min() == 0 and (bank.max(axis=0) > 0.5).all()  # 96 triangles
 
 
@@ -186,4 +191,4 @@ def test_missing_and_truncated_files_name_the_file_and_the_command(tmp_path):
     path = tmp_path / "nb360" / "deepsea" / "deepsea_filtered.npz"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CorruptFile, match=f"{path}.*truncated.*prepare_data.py deepsea"):
-        nb360.load_deepsea(data_dir=tmp_path)
+        load_deepsea(data_dir=tmp_path)

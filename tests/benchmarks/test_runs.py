@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from orca_jax.config import load_config_file
-from orca_jax.data.benchmarks import nb360
+from orca_jax.data.benchmarks.nb360 import psicov
 from orca_jax.pipeline import run
 from tests.benchmarks import published
 from tests.benchmarks.test_metrics import official_psicov_loops
@@ -26,7 +26,7 @@ def test_psicov_smoke_config_aligns_and_refines_from_published_files(tmp_path, m
     Every config's own model and steps: tests/benchmarks/test_configs.py."""
     torch.manual_seed(0)
     save_tiny_swin(tmp_path / "swin")
-    monkeypatch.setattr(nb360, "PSICOV_WINDOW", 64)  # the official 512 x 512 x 57 window is 60 MB an example
+    monkeypatch.setattr(psicov, "PSICOV_WINDOW", 64)  # the official 512 x 512 x 57 window is 60 MB an example
     published.write_psicov(tmp_path / "data", {"deepcov": [40 + i for i in range(20)], "psicov": [45, 50]})
     config = load_config_file(ROOT / "configs" / "nb360.py", "psicov,smoke")
     config.task.data_dir = str(tmp_path / "data")

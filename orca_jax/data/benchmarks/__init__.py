@@ -1,6 +1,7 @@
 """The paper's benchmarks as registered tasks: `load_task("ecg")`, `load_task("pde_darcy")`, `load_task("openml_1510")`.
 
-- NAS-Bench-360 (`nb360.py`): cifar100, spherical, ninapro, fsd50k, darcy, psicov, cosmic, ecg, satellite, deepsea.
+- NAS-Bench-360 (`nb360/`, a module per kind of data): cifar100, spherical, ninapro, fsd50k, darcy, psicov, cosmic,
+  ecg, satellite, deepsea.
 - PDEBench (`pdebench.py`): pde_advection, pde_burgers, pde_reaction_diffusion, pde_diffusion_sorption, pde_cfd_1d,
   pde_darcy, pde_shallow_water, pde_reaction_diffusion_2d, pde_cfd_2d.
 - OpenML (`openml_tasks.py`): openml_<id> for the 42 ids of the paper's tabular experiments.
