@@ -117,7 +117,8 @@ def ranking_markdown(ranking: Sequence[dict], objective: str, align_epochs: int)
         scale = e["source_scale"]
         ratio = e["distance_after"] / scale if e["distance_after"] is not None and scale else None
         cells = [str(e["rank"] or "–"), f"{e['name']} (`{e['body']}`)", fmt_number(e["distance_before"]),
-                 f"failed: {md_escape(e['error'])}" if e["error"] else fmt_number(e["distance_after"]), fmt_number(scale), fmt_number(ratio)]
+                 f"failed: {md_escape(e['error'])}" if e["error"] else fmt_number(e["distance_after"]),
+                 fmt_number(scale), fmt_number(ratio)]
         if swept:
             s = e.get("sweep")
             if s is None:
@@ -125,6 +126,7 @@ def ranking_markdown(ranking: Sequence[dict], objective: str, align_epochs: int)
             else:
                 low, high = s["test_ci_low"], s["test_ci_high"]
                 interval = f" [{fmt_number(low)}, {fmt_number(high)}]" if math.isfinite(low) else ""
-                cells += [f"{fmt_number(s['test_mean'])}{interval} (n={s['test_n']})", str(s.get("rank_by_test", "–"))]
+                cells += [f"{fmt_number(s['test_mean'])}{interval} (n={s['test_n']})",
+                          str(s.get("rank_by_test", "–"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
