@@ -175,7 +175,8 @@ def write_report(search: Search, study: optuna.Study, records: Sequence[RunRecor
     labelled = [(rows[tuned], "tuned (the chosen recipe)"), (rows["default"], "default (the config as given)")]
     labelled += [(row, row["variant"]) for row in rows.values() if row["baseline"]]
     for row, label in labelled:
-        lines.append(f"| {label} | {row['runs']} | {row['failed']} | {interval_cell(row, 'test')} | {interval_cell(row, 'best_val')} |")
+        lines.append(f"| {label} | {row['runs']} | {row['failed']} | {interval_cell(row, 'test')} | "
+                     f"{interval_cell(row, 'best_val')} |")
     lines += [
         "", "## Cost", "",
         (f"Trials: {spend['device_hours']:.3g} device-hours (a device: a worker's GPU or CPU core), "
@@ -200,7 +201,8 @@ def write_report(search: Search, study: optuna.Study, records: Sequence[RunRecor
     for t in trials:
         note = t.user_attrs.get("error") or (t.user_attrs.get("stopped") or {}).get("reason", "")
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        lines.append(f"| {t.number} | {STATES[t.state]}{': ' + md_escape(note) if note else ''} | {fmt_number(t.value)} | "
+        lines.append(f"| {t.number} | {STATES[t.state]}{': ' + md_escape(note) if note else ''} | "
+                     f"{fmt_number(t.value)} | "
                      f"{t.user_attrs.get('epochs', '–')} | {_device_hours(t):.3g} | {params} |")
     text = "\n".join(lines) + "\n"
     write_file(root / "tune.md", text)

@@ -7,7 +7,8 @@
   validation metric of the epoch the run would test (`refine.select`).
 - Alignment is shared: the align stage depends on no refine setting, so a trial whose alignment (its config with
   the refine settings put back to the base recipe's) was run before refines from that run's embedder
-  (`sweep.variants.refine_from`) in `DIR/align/<hash>/`, which the first trial to need it runs, the others waiting for it.
+  (`sweep.variants.refine_from`) in `DIR/align/<hash>/`, which the first trial to need it runs, the others waiting
+  for it.
 - Pruning: the first seed's run reports each epoch's validation metric to the trial, and the study's pruner may stop
   it there (`refine.stopped` in its summary, state PRUNED). Only the first seed's curve is reported: the pruner
   compares trials at equal epochs, and the seeds are run one after another.
