@@ -33,7 +33,7 @@ from orca_jax.data.kinds import CLASS_WEIGHTINGS, TASK_KINDS
 from orca_jax.data.sources import SOURCES
 from orca_jax.data.tasks import TASK_LOADERS, scheme_loader
 from orca_jax.models.pretrained import ARCHITECTURES
-from orca_jax.ot.sinkhorn import SOLVERS
+from orca_jax.ot.sinkhorn_settings import SOLVERS
 from orca_jax.parallel.mesh import mesh_axes
 from orca_jax.parallel.sharding import check_rules
 from orca_jax.train.align import OBJECTIVES

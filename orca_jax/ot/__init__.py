@@ -18,7 +18,8 @@ from orca_jax.ot.l2 import L2Loss
 from orca_jax.ot.mmd import MMDLoss, multi_kernel_mmd
 from orca_jax.ot.otdd import otdd
 from orca_jax.ot.pseudo_labels import pseudo_labels
-from orca_jax.ot.sinkhorn import SinkhornSettings, sinkhorn_divergence
+from orca_jax.ot.sinkhorn import sinkhorn_divergence
+from orca_jax.ot.sinkhorn_settings import SinkhornSettings
 
 __all__ = [
     "AlignDistance",

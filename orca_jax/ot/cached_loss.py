@@ -47,14 +47,14 @@ from orca_jax.ot.otdd import (
     host_diameter,
 )
 from orca_jax.ot.sinkhorn import (
-    SinkhornSettings,
+    CrossProblem,
+    SelfProblem,
     bounding_box_diameter,
-    check_resolvable,
     detached_pair,
     divergence_terms,
     half_self_cost,
-    resolve_settings,
 )
+from orca_jax.ot.sinkhorn_settings import SinkhornSettings, check_resolvable, resolve_settings
 
 _FULL_SELF_COST_MAX_POINTS = 8192
 
@@ -172,7 +172,7 @@ class OTDDLoss:
             return ld.bures_distances(self.class_means, self.class_covs, mean[None], cov[None])[:, 0]
         cross = d_st[self.src_layout.members]
         weights = jnp.asarray(self.src_layout.weights, d_st.dtype)
-        cross_term, target_term = divergence_terms((cross, cross, weights, b), [(d_tt, b)],
+        cross_term, target_term = divergence_terms(CrossProblem(cross, cross, weights, b), [SelfProblem(d_tt, b)],
                                                    diameter=self.class_diameters, settings=self.settings)
         return cross_term - self.class_half_self - target_term
 
@@ -191,8 +191,9 @@ class OTDDLoss:
         # W = d[k], within the target W = 0.
         offset = 0.5 * d[self.src_layout.index][:, None]
         a = jnp.full(self.src_x.shape[0], 1.0 / self.src_x.shape[0], self.src_x.dtype)
-        cross_term, target_term = divergence_terms((0.5 * d_st + offset, 0.5 * d_st_y + offset, a, b),
-                                                   [(0.5 * d_tt, b)], diameter=self.diameter, settings=self.settings)
+        cross_term, target_term = divergence_terms(CrossProblem(0.5 * d_st + offset, 0.5 * d_st_y + offset, a, b),
+                                                   [SelfProblem(0.5 * d_tt, b)], diameter=self.diameter,
+                                                   settings=self.settings)
         return jnp.where(count >= 2, cross_term - self.src_half_self - target_term, 0.0)
 
 

@@ -21,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from ott.geometry import costs
 
-from orca_jax.ot.sinkhorn import HIGHEST, SinkhornSettings, bounding_box_diameter, divergence_terms
+from orca_jax.ot.sinkhorn import CrossProblem, SelfProblem, bounding_box_diameter, divergence_terms
+from orca_jax.ot.sinkhorn_settings import SinkhornSettings
+from orca_jax.ot.soft_transforms import HIGHEST
 
 INNER_METHODS = ("exact", "gaussian")
 
@@ -100,7 +102,7 @@ def _pair_batch_size(n1: int, n2: int) -> int:
 
 def self_divergence_terms(x, w, diameters, settings: SinkhornSettings) -> jax.Array:
     """½ OT_ε(cloud, cloud) for a batch of padded clouds [..., n, D], each under its own schedule."""
-    return divergence_terms(None, [(full_sq_euclidean(x, x), w)], diameter=diameters, settings=settings)[0]
+    return divergence_terms(None, [SelfProblem(full_sq_euclidean(x, x), w)], diameter=diameters, settings=settings)[0]
 
 
 def pair_divergences(clouds1, clouds2, pairs: np.ndarray, settings: SinkhornSettings, *,
@@ -128,10 +130,10 @@ def pair_divergences(clouds1, clouds2, pairs: np.ndarray, settings: SinkhornSett
         else:
             d = diameters[i]
         c = full_sq_euclidean(xa, xb)
-        selfs = [(full_sq_euclidean(xb, xb), wb)]
+        selfs = [SelfProblem(full_sq_euclidean(xb, xb), wb)]
         if half_self1 is None:
-            selfs.insert(0, (full_sq_euclidean(xa, xa), wa))
-        cross, *self_terms = divergence_terms((c, c, wa, wb), selfs, diameter=d, settings=settings)
+            selfs.insert(0, SelfProblem(full_sq_euclidean(xa, xa), wa))
+        cross, *self_terms = divergence_terms(CrossProblem(c, c, wa, wb), selfs, diameter=d, settings=settings)
         return cross - (self_terms[0] if half_self1 is None else half_self1[i]) - self_terms[-1]
 
     values = jax.lax.map(one_group, jnp.asarray(padded).reshape(-1, group, 2))

@@ -25,13 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from orca_jax.ot import label_distances as ld
-from orca_jax.ot.sinkhorn import (
-    SinkhornSettings,
-    bounding_box_diameter,
-    check_resolvable,
-    resolve_settings,
-    sinkhorn_divergence,
-)
+from orca_jax.ot.sinkhorn import bounding_box_diameter, sinkhorn_divergence
+from orca_jax.ot.sinkhorn_settings import SinkhornSettings, check_resolvable, resolve_settings
 
 
 def check_finite(x, name: str, real=None) -> None:
