@@ -9,9 +9,7 @@ from orca_jax.ot.distance import AlignDistance
 from orca_jax.ot.label_distances import (
     ClassLayout,
     class_layout,
-    exact_label_distances,
     exact_label_distances_within,
-    gaussian_label_distances,
     gaussian_label_distances_within,
 )
 from orca_jax.ot.l2 import L2Loss
@@ -29,9 +27,7 @@ __all__ = [
     "OTDDLoss",
     "SinkhornSettings",
     "class_layout",
-    "exact_label_distances",
     "exact_label_distances_within",
-    "gaussian_label_distances",
     "gaussian_label_distances_within",
     "multi_kernel_mmd",
     "otdd",

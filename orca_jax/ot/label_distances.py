@@ -141,16 +141,6 @@ def pair_divergences(clouds1, clouds2, pairs: np.ndarray, settings: SinkhornSett
 
 
 @functools.partial(jax.jit, static_argnames="settings")
-def exact_label_distances(x1, layout1: ClassLayout, x2, layout2: ClassLayout,
-                          settings: SinkhornSettings) -> jax.Array:
-    """(K1, K2) matrix of debiased Sinkhorn divergences between every class of dataset 1 and of dataset 2."""
-    k1, k2 = layout1.num_classes, layout2.num_classes
-    pairs = np.stack(np.meshgrid(np.arange(k1), np.arange(k2), indexing="ij"), -1).reshape(-1, 2)
-    values = pair_divergences(class_clouds(x1, layout1), class_clouds(x2, layout2), pairs, settings)
-    return values.reshape(k1, k2)
-
-
-@functools.partial(jax.jit, static_argnames="settings")
 def exact_label_distances_within(x, layout: ClassLayout, settings: SinkhornSettings) -> jax.Array:
     """(K, K) symmetric matrix with zero diagonal; only the K(K−1)/2 pairs i < j are solved, as otdd does."""
     k = layout.num_classes
@@ -178,12 +168,6 @@ def bures_distances(means1, covs1, means2, covs2) -> jax.Array:
     packed1 = jnp.concatenate([means1, covs1.reshape(len(means1), -1)], axis=1)
     packed2 = jnp.concatenate([means2, covs2.reshape(len(means2), -1)], axis=1)
     return jax.vmap(lambda p: jax.vmap(lambda q: bures(p, q))(packed2))(packed1)
-
-
-@jax.jit
-def gaussian_label_distances(x1, layout1: ClassLayout, x2, layout2: ClassLayout) -> jax.Array:
-    """(K1, K2) squared 2-Wasserstein distances between the classes' fitted Gaussians."""
-    return bures_distances(*class_gaussians(x1, layout1), *class_gaussians(x2, layout2))
 
 
 @jax.jit
