@@ -24,7 +24,7 @@ Metrics are computed honestly over whole splits; where the official number diffe
   officially.
 """
 
-from orca_jax.data.benchmarks.official import Official, official_config, parse_variant
+from orca_jax.official_configs import Official, official_config, parse_variant
 
 # task: body, epochs, align_epochs, batch_size, accum, clip, optimizer, lr, weight_decay, momentum, warmup, decay,
 # then maxsamples and target_seq_len where they are not 128 and 512 (src/configs/<task>.yaml of the official code)

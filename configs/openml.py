@@ -12,7 +12,7 @@ is computed over the whole test split (officially a mean over 1000-example chunk
 single-GPU ones; on more devices they are padded with masked rows, so every update is the official one.
 """
 
-from orca_jax.data.benchmarks.official import Official, official_config, parse_variant
+from orca_jax.official_configs import Official, official_config, parse_variant
 
 # id: target_seq_len, maxsamples, epochs, batch_size, optimizer, lr, weight_decay, momentum, dropout, clip, warmup,
 # decay (src/configs/OPENML<id>.yaml of the official code; all: 20 align epochs, accum 1)

@@ -17,7 +17,7 @@ points, so it runs with 512 tokens of 2 points; `target_seq_len=512` reproduces 
 says 128, which here would give 128 tokens of 8 points).
 """
 
-from orca_jax.data.benchmarks.official import Official, official_config, parse_variant
+from orca_jax.official_configs import Official, official_config, parse_variant
 
 # variant: body, epochs, align_epochs, batch_size, accum, clip, optimizer, lr, weight_decay, momentum, warmup, decay,
 # target_seq_len (src/configs/PDE*.yaml of the official code; maxsamples 128, dropout 0 everywhere)

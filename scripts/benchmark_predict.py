@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/, for benchmark_body's helpers
-from benchmark_body import machine_description, pin_threads  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/, for the benchmarking helpers
+from benchmarking.machine import machine_description, pin_threads  # noqa: E402
 
 
 def torch_pipeline(trained, export_dir: Path):

@@ -19,7 +19,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import Sharding  # noqa: E402
 
-from benchmark_body import ROBERTA_BASE, SWIN_BASE  # noqa: E402  (scripts/ is on sys.path when run as a script)
+from benchmarking.workloads import ROBERTA_BASE, SWIN_BASE  # noqa: E402  (scripts/ is on sys.path when run as a script)
 from orca_jax.models import Swin, SwinConfig, TextEncoder, TextEncoderConfig  # noqa: E402
 from orca_jax.parallel import make_mesh, optimizer_shardings, param_shardings  # noqa: E402
 

@@ -8,8 +8,8 @@ do not set is the official default already in `orca_jax.config.base_config` (OTD
 
 The `smoke` variant of every task keeps the task and its input shapes but makes the run tiny, for tests and a
 first check of a set-up: offline source sets (`python_docs`, `digits`), 200 source examples, 16 training examples
-(64 for the 100-class tasks), one align and one refine epoch, batches of 8, and at most 32 tokens per 1D input, so that a small body
-(`--config.body.checkpoint=DIR`) with few positions fits.
+(64 for the 100-class tasks), one align and one refine epoch, batches of 8, and at most 32 tokens per 1D input, so
+that a small body (`--config.body.checkpoint=DIR`) with few positions fits.
 """
 
 from __future__ import annotations
