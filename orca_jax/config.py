@@ -76,6 +76,13 @@ def base_config() -> ConfigDict:
             # Beyond this many classes the align step is streamed a chunk of classes at a time, so host and device
             # memory do not grow with the classes (train/align.py::AlignStep); 0 = always all at once.
             chunk_classes=16,
+            # Label matching after the alignment (orca_jax/train/label_matching.py; off with epochs=0): a source head
+            # trained on the body's pooled source features (head_steps full-batch AdamW steps at head_lr, penalty
+            # rho / N * sum max(0, |grad| - tau)^2), then the embedder alone for `epochs` one-step epochs towards
+            # confident, class-separating source predictions (marginal_weight: the marginal entropy's weight); its
+            # rate is the fine-tuning one x lr_multiplier, decayed by gamma at milestones.
+            label_matching=ConfigDict(dict(epochs=0, lr_multiplier=10.0, milestones=(), gamma=1.0, checkpoint_every=10,
+                                           marginal_weight=1.0, head_steps=500, head_lr=0.01, tau=0.4, rho=100.0)),
         )
     )
     c.optimizer = ConfigDict(
@@ -84,7 +91,10 @@ def base_config() -> ConfigDict:
     c.refine = ConfigDict(
         dict(
             epochs=0,  # 0 skips the stage
-            finetune_method="all",  # all | layernorm | non-attn | frozen-body (see train/finetune.py)
+            finetune_method="all",  # all | layernorm | non-attn | frozen-body | lora (see train/finetune.py)
+            # With finetune_method=lora: adapters of this rank on the body projections named in targets (qkv, out,
+            # mlp_in, mlp_out), scaled by alpha / rank (orca_jax/models/lora.py).
+            lora=ConfigDict(dict(rank=8, alpha=16.0, targets="qkv,out,mlp_in,mlp_out")),
             accum=1,  # micro-batches summed per optimizer step (the loss is not divided, as officially)
             clip=-1.0,  # global-norm bound, <= 0 for none
             warmup_epochs=5,

@@ -37,6 +37,7 @@ from orca_jax.ot.sinkhorn_settings import SOLVERS
 from orca_jax.parallel.mesh import mesh_axes
 from orca_jax.parallel.sharding import check_rules
 from orca_jax.train.align import OBJECTIVES
+from orca_jax.models.lora import PROJECTIONS, lora_targets
 from orca_jax.train.finetune import FINETUNE_RULES
 from orca_jax.train.losses import LOSSES
 from orca_jax.train.metrics import METRICS
@@ -149,6 +150,9 @@ def _check_run(c: _Checker, refine: bool) -> None:
     c.integer("seed", 0, "NumPy's seeded generators take no negative seeds, use e.g. 0")
     c.integer("align.epochs", 0, "set 0 to skip the align stage, or its optimizer steps (official: 20-60)")
     c.integer("refine.epochs", 0, "set 0 to skip the refine stage, or the epochs to fine-tune")
+    if c.value("align.epochs") == 0 and c.value("align.label_matching.epochs"):
+        c.fail("align.label_matching.epochs", "is label matching after feature matching, yet align.epochs is 0; set "
+                                              "align.epochs > 0, or align.label_matching.epochs=0")
     # Batches that do not divide over the devices are padded with masked rows (orca_jax/data/loader.py): any size
     # runs on any mesh, so only the values themselves are checked.
     c.integer("batch_size", 1, "set the examples per batch, e.g. 32")
@@ -255,6 +259,17 @@ def _check_optimizer(c: _Checker) -> None:
     c.number("optimizer.eps", "(0, inf)", "it keeps Adam's division finite, e.g. 1e-8")
 
 
+def _check_milestones(c: _Checker, field: str) -> None:
+    milestones = c.value(field)
+    if not (
+        isinstance(milestones, (tuple, list))
+        and all(isinstance(m, numbers.Integral) and not isinstance(m, bool) and m >= 0 for m in milestones)
+        and list(milestones) == sorted(milestones)
+    ):
+        c.fail(field, "must be epochs (integers >= 0) in increasing order; e.g. (20, 40, 60), or () for a constant "
+                      "rate")
+
+
 def _check_align(c: _Checker) -> None:
     if c.choice("align.objective", OBJECTIVES) and c.value("align.objective") == "none":
         c.fail("align.objective", "means no align stage, yet align.epochs is not 0; set align.epochs=0, or choose an "
@@ -263,21 +278,33 @@ def _check_align(c: _Checker) -> None:
     c.number("align.epsilon", "(0, inf)", "set the entropic regularisation (official 0.1)")
     c.integer("align.maxsamples", 1, "set the examples a class draws per epoch (official 256)")
     c.number("align.lr_multiplier", "(0, inf)", "set the embedder's rate over the fine-tuning one (official 10)")
-    milestones = c.value("align.milestones")
-    if not (
-        isinstance(milestones, (tuple, list))
-        and all(isinstance(m, numbers.Integral) and not isinstance(m, bool) and m >= 0 for m in milestones)
-        and list(milestones) == sorted(milestones)
-    ):
-        c.fail("align.milestones", "must be epochs (integers >= 0) in increasing order; e.g. (20, 40, 60), or () "
-                                   "for a constant rate")
+    _check_milestones(c, "align.milestones")
     c.number("align.gamma", "(0, 1]", "set the factor applied at each milestone (official 0.2)")
     c.integer("align.checkpoint_every", 1, "set the epochs between checkpoints, e.g. 10")
     c.integer("align.chunk_classes", 0, "set the classes embedded at a time, or 0 for all at once")
+    if c.integer("align.label_matching.epochs", 0, "set the label-matching epochs, 0 for none") and c.value(
+            "align.label_matching.epochs"):
+        lm = "align.label_matching"
+        _check_milestones(c, f"{lm}.milestones")
+        c.number(f"{lm}.lr_multiplier", "(0, inf)", "set the embedder's rate over the fine-tuning one, e.g. 10")
+        c.number(f"{lm}.gamma", "(0, 1]", "set the factor applied at each milestone, 1 for none")
+        c.integer(f"{lm}.checkpoint_every", 1, "set the epochs between checkpoints, e.g. 10")
+        c.number(f"{lm}.marginal_weight", "[0, inf)", "set the marginal entropy's weight, e.g. 1")
+        c.integer(f"{lm}.head_steps", 1, "set the source head's training steps, e.g. 500")
+        c.number(f"{lm}.head_lr", "(0, inf)", "set the source head's learning rate, e.g. 0.01")
+        c.number(f"{lm}.tau", "[0, inf)", "set the gradient-norm bound of the source head's penalty, e.g. 0.4")
+        c.number(f"{lm}.rho", "[0, inf)", "set the penalty's weight, e.g. 100, or 0 for none")
 
 
 def _check_refine(c: _Checker) -> None:
-    c.choice("refine.finetune_method", FINETUNE_RULES)
+    if c.choice("refine.finetune_method", FINETUNE_RULES) and c.value("refine.finetune_method") == "lora":
+        c.integer("refine.lora.rank", 1, "set the adapters' rank, e.g. 8")
+        c.number("refine.lora.alpha", "(0, inf)", "set the adapters' scale numerator, e.g. 16 (scale alpha / rank)")
+        targets = lora_targets(c.value("refine.lora.targets"))
+        unknown = sorted(set(targets) - set(PROJECTIONS))
+        if unknown or not targets:
+            c.fail("refine.lora.targets", f"names {unknown or 'no projection'}; give a comma-separated subset of "
+                                          f"{','.join(PROJECTIONS)}")
     c.integer("refine.accum", 1, "set the micro-batches summed per optimizer step, 1 for none")
     c.number("refine.clip", None, "set a global-norm bound, <= 0 for none")
     warmup_ok = c.number("refine.warmup_epochs", "[0, inf)", "set 0 for no warm-up")

@@ -22,6 +22,7 @@ from orca_jax.data.kinds import get_task_kind
 from orca_jax.data.tasks import check_task, class_notes, load_task
 from orca_jax.data.types import DataError, Task
 from orca_jax.inference.record import write_task_record
+from orca_jax.models import lora
 from orca_jax.models.families import family_of
 from orca_jax.models.pretrained import load_checkpoint
 from orca_jax.models.heads import ClassificationHead, ImageDenseHead, SequenceDenseHead, SequenceLinearHead
@@ -29,6 +30,7 @@ from orca_jax.models.orca import OrcaModel
 from orca_jax.ot import pseudo_labels
 from orca_jax.parallel import PreemptionGuard, make_mesh
 from orca_jax.train.align import OBJECTIVES, align_classes, load_aligned_embedder, measure_distance, run_align
+from orca_jax.train.label_matching import run_label_matching
 from orca_jax.train.task_loss import TaskLoss, linear_outputs, make_task_loss
 from orca_jax.train.refine import EpochHook, run_refine
 from orca_jax.workdir import RunLock, WorkdirError, check_data, claim, disk_full, free_space, write_file
@@ -44,6 +46,9 @@ def build_model(config: ConfigDict, task: Task, task_loss: TaskLoss) -> OrcaMode
     if config.body.init == "random":  # the architecture alone: Flax's default initialisers, seeded by the run
         body = type(body)(loaded.config, param_dtype=param_dtype, dtype=dtype, rngs=nnx.Rngs(config.seed))
     rngs = nnx.Rngs(config.seed)
+    if config.refine.finetune_method == "lora":  # own key: the embedder and head draw what they draw in other modes
+        lora.add_adapters(body, rank=config.refine.lora.rank, alpha=config.refine.lora.alpha,
+                          targets=lora.lora_targets(config.refine.lora.targets), rngs=nnx.Rngs(config.seed + 1))
     # The official code copies the body's pieces into the embedder when it aligns, and initialises it anew otherwise.
     init_from_body = {"auto": config.align.epochs > 0, "body": True, "fresh": False}[config.embedder.init]
     family = family_of(body)
@@ -170,6 +175,17 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
                 "distance_after": result.distance_after,
                 "seconds": result.seconds,
             }
+        if config.align.label_matching.epochs > 0:
+            source = load_source_features(config, model, depth="body")
+            matched = run_label_matching(model, task.train.x, labels, (source.features, source.labels), config,
+                                         mesh=mesh, workdir=workdir, preemption=preemption,
+                                         step_offset=config.align.epochs)
+            summary["label_matching"] = {
+                "loss_before": matched.stage.distance_before,
+                "loss_after": matched.stage.distance_after,
+                "source_head_accuracy": matched.head_accuracy,
+                "seconds": matched.stage.seconds,
+            }
         if config.refine.init_embedder:
             if not load_aligned_embedder(model, config.refine.init_embedder, directory=True):
                 raise ConfigError([
@@ -185,7 +201,8 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
                                 "distance_after": distance}
         if config.refine.epochs > 0:
             result = run_refine(model, task, task_loss, config, mesh=mesh, workdir=workdir, preemption=preemption,
-                                step_offset=max(config.align.epochs, 0), on_epoch=on_epoch, test=test)
+                                step_offset=config.align.epochs + config.align.label_matching.epochs,
+                                on_epoch=on_epoch, test=test)
             summary["refine"] = {
                 "metric": result.metric,
                 "selected": config.refine.select,
@@ -203,12 +220,13 @@ def _run(config: ConfigDict, workdir: epath.Path, task: Task | None, restart: bo
     return summary
 
 
-def load_source_features(config: ConfigDict, model: OrcaModel):
-    """The body's source features (computed once, then cached), checked to be usable by the align stage."""
+def load_source_features(config: ConfigDict, model: OrcaModel, *, depth: str = "embedding"):
+    """The body's source features (computed once, then cached), checked to be usable by the align stage; with
+    `depth="body"` the body's pooled outputs, which label matching's source head reads."""
     source = load_or_compute(
         config.body.checkpoint, config.source.name, size=config.source.size, seed=config.source.seed,
         cache_dir=config.source.cache_dir or None, data_dir=config.source.data_dir or None, body=model.body,
-        weights="pretrained" if config.body.init == "pretrained" else f"random-seed{config.seed}",
+        weights="pretrained" if config.body.init == "pretrained" else f"random-seed{config.seed}", depth=depth,
     )
     if len(np.unique(source.features, axis=0)) < 2:
         raise SourceFeaturesError(
@@ -218,10 +236,11 @@ def load_source_features(config: ConfigDict, model: OrcaModel):
             f"delete {source.path} so that they are computed again; or run without the align stage: "
             "--config.align.epochs=0 --config.align.objective=none."
         )
-    width = model.embedder.width
+    width = model.embedder.width if depth == "embedding" else family_of(model.body).width(model.body)
     if source.features.shape[1] != width:
         raise SourceFeaturesError(
-            f"Source features {source.path} have width {source.features.shape[1]} but the embedder's tokens have "
+            f"Source features {source.path} have width {source.features.shape[1]} but "
+            f"{'the embedder' + chr(39) + 's tokens' if depth == 'embedding' else 'the body' + chr(39) + 's outputs'} have "
             f"{width}: they were computed for another body cached under the same name. Delete {source.path} (they "
             "are computed again for this body), or give this body its own cache: --config.source.cache_dir=DIR."
         )

@@ -3,6 +3,7 @@ utilisation on whatever device JAX has.
 
     python scripts/benchmark_body.py [--body text|swin|both] [--steps 5] [--repeats 3] [--threads N] [--profile 2]
     python scripts/benchmark_body.py --device-suite [--text-batch B] [--image-batch B] [--steps 10] [--repeats 3]
+    python scripts/benchmark_body.py --lora RANK [--steps 5] [--repeats 3]
 
 Comparison (default). A train step is forward, backward and an AdamW update (lr 1e-4, betas (0.9, 0.98), weight
 decay 0.01) of every parameter the loss uses, on random inputs, float32, dropout off: roberta-base shape with
@@ -19,6 +20,10 @@ Profile (`--profile STEPS`, after the timing): both sides traced for STEPS steps
 and per step: time in the forward pass, the backward pass and the optimizer update; in matmuls, in copies and
 transposes, and in everything else; and the costliest ops (XLA's by HLO instruction, with the JAX operation each
 comes from; PyTorch's by aten op, self time).
+
+LoRA (`--lora RANK`): our roberta-base step (8 x 128, as above) with full fine-tuning against the same step with
+adapters of RANK on the four projections and the body frozen (`refine.finetune_method=lora`), interleaved; printed:
+both step times and their ratio.
 
 Device suite (`--device-suite`, no PyTorch needed). orca-jax alone on `jax.devices()[0]` at real sizes:
 roberta-base at sequence length 512 and swin-base at 224², AdamW train steps with bfloat16 compute over float32
@@ -39,7 +44,7 @@ import numpy as np
 
 from benchmarking.machine import load_average, machine_description, pin_threads
 from benchmarking.timing import interleaved_seconds, jax_matmul, matmul_flops_per_second
-from benchmarking.workloads import swin_workload, text_workload
+from benchmarking.workloads import swin_workload, text_lora_step, text_workload
 from benchmarking.profiling import print_profile
 
 
@@ -76,6 +81,20 @@ def compare(args) -> None:
         if args.profile:
             print_profile(w, args.profile, args.top)
     print(f"\nload average after: {load_average()}")
+
+
+def lora_speed(args) -> None:
+    """Our roberta-base train step, full fine-tuning against LoRA at `--lora` rank, interleaved in this run."""
+    pin_threads(args.threads)
+    print(machine_description())
+    full, adapted = text_workload(8, 128, reference=False), text_lora_step(8, 128, args.lora)
+    print(f"\n{full.name}: full fine-tuning vs LoRA rank {args.lora} (qkv, out, mlp_in, mlp_out; body frozen); "
+          f"{args.repeats} rounds of {args.steps} steps")
+    spreads = interleaved_seconds({"full": full.ours, "lora": adapted}, args.steps, args.repeats)
+    for side, s in spreads.items():
+        print(f"  {side:<5} step min / median / max {s.minimum:6.3f} / {s.median:6.3f} / {s.maximum:6.3f} s")
+    print(f"  LoRA step time / full: {spreads['lora'].median / spreads['full'].median:.2f} (medians), "
+          f"{spreads['lora'].minimum / spreads['full'].minimum:.2f} (minima)")
 
 
 def device_suite(args) -> None:
@@ -120,10 +139,17 @@ def main(argv=None) -> None:
                         help="after timing, profile STEPS steps of each side: time per phase, per kind of op, top ops")
     parser.add_argument("--top", type=int, default=12, help="with --profile: how many of the costliest ops to list")
     parser.add_argument("--device-suite", action="store_true", help="MFU of bfloat16 train steps at real sizes")
+    parser.add_argument("--lora", type=int, default=0, metavar="RANK",
+                        help="time our full fine-tuning step against LoRA at RANK instead (roberta-base, 8 x 128)")
     parser.add_argument("--text-batch", type=int, default=0, help="device suite: sequences of 512 per step")
     parser.add_argument("--image-batch", type=int, default=0, help="device suite: 224² images per step")
     args = parser.parse_args(argv)
-    device_suite(args) if args.device_suite else compare(args)
+    if args.device_suite:
+        device_suite(args)
+    elif args.lora:
+        lora_speed(args)
+    else:
+        compare(args)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,17 @@ def load_config(name, variant="smoke"):
 
 
 @pytest.mark.slow
-def test_digits_smoke_runs_the_2d_path_on_a_tiny_swin(tmp_path):
+def test_digits_smoke_runs_the_2d_path_on_a_tiny_swin_with_label_matching(tmp_path):
     save_tiny_swin(tmp_path / "swin", **TWO_STAGES)
     config = load_config("digits")
     config.body.checkpoint = str(tmp_path / "swin")
     config.source.cache_dir = str(tmp_path / "cache")
+    config.align.label_matching.update(epochs=2, head_steps=20)  # the Swin body's pooled source features
     summary = run(config, tmp_path / "work")
     assert set(summary["align"]) >= {"distance_before", "distance_after"}
+    assert set(summary["label_matching"]) >= {"loss_before", "loss_after", "source_head_accuracy"}
     assert (tmp_path / "work" / "aligned_embedder").is_dir()
+    assert (tmp_path / "work" / "label_matching_summary.json").is_file()
 
 
 def test_unknown_variant_is_named():

@@ -92,38 +92,48 @@ def text_features(
     max_length: int = TEXT_MAX_LENGTH,
     batch_size: int = 256,
     progress: bool = True,
+    depth: str = "embedding",
 ) -> np.ndarray:
     """float32 [N, width]: `body.embeddings` of each sentence (padded/truncated to max_length), mean over its real
-    tokens."""
+    tokens; with `depth="body"` the whole body's last hidden state instead (padding masked out of attention)."""
     encoded = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
     ids = encoded["input_ids"].astype(np.int32)
     mask = encoded["attention_mask"].astype(np.int32)
     types = encoded.get("token_type_ids", np.zeros_like(ids)).astype(np.int32)
-    graphdef, state = nnx.split(body.embeddings)
+    graphdef, state = nnx.split(body.embeddings if depth == "embedding" else body)
 
     @jax.jit
     def embed(state, ids, types, mask):
-        tokens = nnx.merge(graphdef, state)(ids, None, types, None, None).astype(jnp.float32)
+        module = nnx.merge(graphdef, state)
+        if depth == "embedding":
+            tokens = module(ids, None, types, None, None)
+        else:
+            tokens = module(ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        tokens = tokens.astype(jnp.float32)
         weights = mask[..., None].astype(jnp.float32)
         return jnp.sum(tokens * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
 
     return _batched(lambda *a: embed(state, *a), [ids, types, mask], batch_size, "text features", progress)
 
 
-def image_features(body: Swin, images: np.ndarray, *, batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """float32 [N, embed_dim]: NHWC images resized to the body's image size, `body.embeddings`, mean over tokens."""
+def image_features(body: Swin, images: np.ndarray, *, batch_size: int = 64, progress: bool = True,
+                   depth: str = "embedding") -> np.ndarray:
+    """float32 [N, embed_dim]: NHWC images resized to the body's image size, `body.embeddings`, mean over tokens;
+    with `depth="body"` the whole body's pooled output [N, num_features]."""
     if images.ndim != 4 or images.shape[-1] != body.config.num_channels:
         raise ValueError(
             f"Expected NHWC images [N, height, width, {body.config.num_channels}], got shape {images.shape}."
         )
     image_size = tuple(body.config.image_size)
-    graphdef, state = nnx.split(body.embeddings)
+    graphdef, state = nnx.split(body.embeddings if depth == "embedding" else body)
 
     @jax.jit
     def embed(state, images):
         if images.shape[1:3] != image_size:
             shape = (images.shape[0], *image_size, images.shape[3])
             images = jax.image.resize(images, shape, method="linear", antialias=False)
+        if depth == "body":
+            return nnx.merge(graphdef, state)(images).pooler_output.astype(jnp.float32)
         tokens, _ = nnx.merge(graphdef, state)(images)
         return jnp.mean(tokens.astype(jnp.float32), axis=1)
 
@@ -141,6 +151,7 @@ def _embed_images(body, inputs, *, tokenizer=None, **options) -> np.ndarray:
     return image_features(body, inputs, **options)
 
 
+DEPTHS = ("embedding", "body")  # how far into the body source features are taken
 # A source set's modality -> how a body of a family with that modality embeds its inputs.
 EMBEDDINGS: dict[str, Callable[..., np.ndarray]] = {"text": _embed_text, "image": _embed_images}
 
@@ -152,12 +163,17 @@ def embed_source(
     tokenizer=None,
     batch_size: int | None = None,
     progress: bool = True,
+    depth: str = "embedding",
 ) -> np.ndarray:
-    """Source features of `source` under `body`; a text body needs its tokenizer."""
+    """Source features of `source` under `body`; a text body needs its tokenizer. `depth`: "embedding" (the body's
+    own embedding layer: what ORCA aligns to) or "body" (the whole body's pooled output: what a head on the body
+    reads, for label matching)."""
+    if depth not in DEPTHS:
+        raise ValueError(f"depth={depth!r} is not one of {DEPTHS}.")
     batch = {} if batch_size is None else {"batch_size": batch_size}
     modality = family_of(body).modality
     if source.modality == modality:
-        return EMBEDDINGS[modality](body, source.inputs, tokenizer=tokenizer, progress=progress, **batch)
+        return EMBEDDINGS[modality](body, source.inputs, tokenizer=tokenizer, progress=progress, depth=depth, **batch)
     fitting = sorted(name for name, spec in SOURCES.items() if spec.modality == modality)
     raise ValueError(
         f"Source {source.name!r} is a {source.modality} source, which a {type(body).__name__} body cannot embed; "
@@ -192,8 +208,8 @@ def _body_id(checkpoint: str | os.PathLike) -> str:
     return str(path.resolve()) if path.is_dir() else str(checkpoint)
 
 
-def cache_key(checkpoint: str | os.PathLike, source: str, *, size: int | None, seed: int, weights: str = "pretrained"
-              ) -> dict:
+def cache_key(checkpoint: str | os.PathLike, source: str, *, size: int | None, seed: int, weights: str = "pretrained",
+              depth: str = "embedding") -> dict:
     """Everything that decides the cached features: body (id or directory, config hash, and `weights`:
     "pretrained", or a tag of other weights such as a random initialisation's seed), source, size, seed."""
     spec = source_spec(source)
@@ -209,6 +225,8 @@ def cache_key(checkpoint: str | os.PathLike, source: str, *, size: int | None, s
     }
     if weights != "pretrained":  # keys of pretrained bodies keep their earlier form, so existing caches stay valid
         key["weights"] = weights
+    if depth != "embedding":  # likewise
+        key["depth"] = depth
     if spec.modality == "text":
         key["text_max_length"] = TEXT_MAX_LENGTH
     return key
@@ -276,6 +294,7 @@ def load_or_compute(
     progress: bool = True,
     body: TextEncoder | Swin | None = None,
     weights: str = "pretrained",
+    depth: str = "embedding",
 ) -> SourceFeatures:
     """Source features of `source` under the body of `checkpoint` (hub id or snapshot directory), cached.
 
@@ -283,9 +302,10 @@ def load_or_compute(
     seeded by `seed` (fewer if the source is smaller). On a cache miss the body is loaded from `checkpoint`, unless
     `body` passes it already loaded (it must be that checkpoint's body: the cache is keyed on `checkpoint`).
     `data_dir` is the tensorflow-datasets data directory for the tfds sources. A body with other weights than the
-    checkpoint's (a random initialisation) passes `body` and names its weights in `weights`.
+    checkpoint's (a random initialisation) passes `body` and names its weights in `weights`. `depth` as
+    `embed_source`'s.
     """
-    key = cache_key(checkpoint, source, size=size, seed=seed, weights=weights)
+    key = cache_key(checkpoint, source, size=size, seed=seed, weights=weights, depth=depth)
     npz_path, json_path = cache_paths(key, cache_dir)
     cached = _read_cache(key, npz_path, json_path)
     if cached is not None:
@@ -299,7 +319,8 @@ def load_or_compute(
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(checkpoint))
     source_set = load_source(source, size=size, seed=seed, data_dir=data_dir)
-    features = embed_source(body, source_set, tokenizer=tokenizer, batch_size=batch_size, progress=progress)
+    features = embed_source(body, source_set, tokenizer=tokenizer, batch_size=batch_size, progress=progress,
+                            depth=depth)
     labels = source_set.labels.astype(np.int32)
     metadata = {
         "key": key,

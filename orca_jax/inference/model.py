@@ -51,6 +51,7 @@ from orca_jax.data.kinds import get_task_kind
 from orca_jax.data.types import DataError, Split
 from orca_jax.inference.inputs import check_inputs, check_targets
 from orca_jax.inference.record import ModelError, TaskInfo, read_task_record
+from orca_jax.models import lora
 from orca_jax.models.orca import OrcaModel
 from orca_jax.parallel import is_main_process, make_mesh, param_shardings, place
 from orca_jax.train.checkpoints import abstract, load_tree
@@ -133,6 +134,11 @@ class TrainedModel:
     hf_config: dict
     mesh: Mesh | None = None
     _device: tuple | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        # A LoRA run's adapters are folded into the body's weights: prediction runs the plain architecture at its
+        # own cost, and an export is a plain Hugging Face checkpoint (orca_jax.models.lora).
+        lora.merge(self.model)
 
     @property
     def kind(self) -> str:

@@ -1,4 +1,4 @@
-"""Pieces both bodies share: the activations Hugging Face configs name, call-time dropout, attention and linear
+"""Pieces both bodies share: the activations Hugging Face configs name, call-time dropout, attention and dense
 layers.
 
 Dropout takes its key from an `nnx.Rngs` passed to the call rather than one stored in the module, so modules hold
@@ -9,7 +9,7 @@ updates at ORCA's learning rates of 1e-5 to 1e-6 are not rounded away) and matmu
 (the compute dtype, e.g. bfloat16). Softmax and layer-norm statistics are float32 whatever `dtype` is: those are the
 exponentials and variances where bfloat16's 8-bit mantissa hurts. `param_dtype=dtype=bfloat16` is pure bfloat16.
 
-`linear` layers are `nnx.Linear`s whose weight gradient is arranged for XLA's CPU backend (see `dense_dot_general`);
+`Dense` layers are `nnx.Linear`s whose weight gradient is arranged for XLA's CPU backend (see `dense_dot_general`);
 on other platforms they are plain `nnx.Linear`s.
 """
 
@@ -117,10 +117,10 @@ _dense.defvjp(_dense_forward, _dense_backward)
 
 
 def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None):
-    """The `dot_general` of `linear` layers: `nnx.Linear`'s contraction (inputs [..., in] with the kernel [in, out])
+    """The `dot_general` of `Dense` layers: `nnx.Linear`'s contraction (inputs [..., in] with the kernel [in, out])
     with the weight gradient of `_weight_gradient_on_cpu` on CPU; the value and the gradients are those of
     `jax.lax.dot_general`."""
-    # Its contract, not unfinished work: `linear` layers only ever contract inputs' last axis with the kernel's first.
+    # Its contract, not unfinished work: `Dense` layers only ever contract inputs' last axis with the kernel's first.
     (lhs_contract, rhs_contract), batch = dimension_numbers
     if tuple(lhs_contract) != (lhs.ndim - 1,) or tuple(rhs_contract) != (0,) or any(batch):
         raise ValueError(f"dense_dot_general computes x @ kernel only, not {dimension_numbers}; use "
@@ -131,6 +131,15 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
     return _dense(lhs, rhs, precision)
 
 
-def linear(in_features: int, out_features: int, **kwargs) -> nnx.Linear:
-    """`nnx.Linear(in_features, out_features, **kwargs)` with `dense_dot_general`."""
-    return nnx.Linear(in_features, out_features, dot_general=dense_dot_general, **kwargs)
+class Dense(nnx.Linear):
+    """`nnx.Linear` with `dense_dot_general` and an optional low-rank adapter added to its output
+    (`orca_jax.models.lora`: None unless a LoRA fine-tune adds one, so the plain layer costs nothing extra)."""
+
+    def __init__(self, in_features: int, out_features: int, **kwargs):
+        super().__init__(in_features, out_features, dot_general=dense_dot_general, **kwargs)
+        self.adapter = nnx.data(None)  # data, not static: a LoRA fine-tune puts a module here
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = super().__call__(x)
+        return y if self.adapter is None else y + self.adapter(x).astype(y.dtype)
+

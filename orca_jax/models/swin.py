@@ -46,7 +46,7 @@ import numpy as np
 from flax import nnx, struct
 
 from orca_jax.models.hf_config import fields_from_hf
-from orca_jax.models.layers import ACTIVATIONS, attention, check_activation, dropout, linear
+from orca_jax.models.layers import ACTIVATIONS, Dense, attention, check_activation, dropout
 
 # transformers builds these layer norms with PyTorch's default epsilon, not config.layer_norm_eps.
 _TORCH_LAYER_NORM_EPS = 1e-5
@@ -200,8 +200,8 @@ class WindowAttention(nnx.Module):
         self, width: int, heads: int, window_size: int, config: SwinConfig, *, param_dtype, dtype, rngs: nnx.Rngs
     ):
         kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
-        self.qkv = linear(width, 3 * width, use_bias=config.qkv_bias, **kw)
-        self.out = linear(width, width, **kw)
+        self.qkv = Dense(width, 3 * width, use_bias=config.qkv_bias, **kw)
+        self.out = Dense(width, width, **kw)
         table_shape = ((2 * window_size - 1) ** 2, heads)
         init = nnx.initializers.truncated_normal(0.02)
         self.relative_position_bias_table = nnx.Param(init(rngs.params(), table_shape, param_dtype))
@@ -237,8 +237,8 @@ class SwinBlock(nnx.Module):
         self.layernorm_before = nnx.LayerNorm(width, epsilon=config.layer_norm_eps, **kw)
         self.attention = WindowAttention(width, heads, config.window_size, config, **kw)
         self.layernorm_after = nnx.LayerNorm(width, epsilon=config.layer_norm_eps, **kw)
-        self.mlp_in = linear(width, hidden, **kw)
-        self.mlp_out = linear(hidden, width, **kw)
+        self.mlp_in = Dense(width, hidden, **kw)
+        self.mlp_out = Dense(hidden, width, **kw)
         self.shifted = shifted
         self.drop_path = drop_path
         self.window_size = config.window_size
@@ -276,7 +276,7 @@ class PatchMerging(nnx.Module):
     def __init__(self, width: int, *, param_dtype, dtype, rngs: nnx.Rngs):
         kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.norm = nnx.LayerNorm(4 * width, epsilon=_TORCH_LAYER_NORM_EPS, **kw)
-        self.reduction = linear(4 * width, 2 * width, use_bias=False, **kw)
+        self.reduction = Dense(4 * width, 2 * width, use_bias=False, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, height, width, channels = x.shape

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from orca_jax.models.hf_config import fields_from_hf
-from orca_jax.models.layers import ACTIVATIONS, attention, check_activation, dropout, linear
+from orca_jax.models.layers import ACTIVATIONS, Dense, attention, check_activation, dropout
 
 # model_type -> (position ids count from pad_token_id + 1 and skip padding tokens?)
 _PADDING_OFFSET_POSITIONS = {"bert": False, "roberta": True, "xlm-roberta": True, "camembert": True}
@@ -108,8 +108,8 @@ class SelfAttention(nnx.Module):
     (checkpoints' separate query, key and value tensors are the kernel's three column blocks, in that order)."""
 
     def __init__(self, width: int, heads: int, dropout: float, *, param_dtype, dtype, rngs: nnx.Rngs):
-        self.qkv = linear(width, 3 * width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
-        self.out = linear(width, width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.qkv = Dense(width, 3 * width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.out = Dense(width, width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.heads = heads
         self.dropout = dropout
 
@@ -128,8 +128,8 @@ class EncoderLayer(nnx.Module):
         kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.attention = SelfAttention(width, config.num_attention_heads, config.attention_probs_dropout_prob, **kw)
         self.attention_norm = nnx.LayerNorm(width, epsilon=eps, **kw)
-        self.mlp_in = linear(width, config.intermediate_size, **kw)
-        self.mlp_out = linear(config.intermediate_size, width, **kw)
+        self.mlp_in = Dense(width, config.intermediate_size, **kw)
+        self.mlp_out = Dense(config.intermediate_size, width, **kw)
         self.mlp_norm = nnx.LayerNorm(width, epsilon=eps, **kw)
         self.activation = config.hidden_act
         self.dropout = config.hidden_dropout_prob
@@ -183,7 +183,7 @@ class TextEmbeddings(nnx.Module):
 
 class Pooler(nnx.Module):
     def __init__(self, width: int, *, param_dtype, dtype, rngs: nnx.Rngs):
-        self.dense = linear(width, width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.dense = Dense(width, width, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         return jnp.tanh(self.dense(hidden[:, 0]))

@@ -154,6 +154,37 @@ def objective_value(objective: AlignDistance, features, mask, weights, key) -> j
     return objective.value(features, mask, weights, key=key)
 
 
+def embedded_features(model, x) -> jax.Array:
+    """What ORCA aligns: the embedder's tokens, mean-pooled (`OrcaModel.features`)."""
+    return model.features(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedderTarget:
+    """What an embedder-only stage trains towards: the align stage's distance to the source features, or label
+    matching's loss (`orca_jax.train.label_matching`). Both draw the same per-class samples and make one optimizer
+    step per epoch; they differ in this record."""
+
+    name: str  # the stage's name: its checkpoint directory, logs and progress bar
+    quantity: str  # what `distance` measures, for its history and messages: "distance", "loss"
+    distance: AlignDistance
+    features: Callable  # (model, inputs) -> per-example features that `distance` compares
+    epochs: int
+    checkpoint_every: int
+    schedule: object  # a config section with lr_multiplier, milestones and gamma (align_optimizer's)
+    section: str  # that section's name in the config, for messages
+
+
+def align_target(source: tuple[np.ndarray, np.ndarray], config) -> EmbedderTarget:
+    """The align stage's target: `config.align.objective` to the source (features, labels)."""
+    align = config.align
+    objective = build_objective(align.objective, *source, solver=align.solver, epsilon=align.epsilon)
+    if objective is None:
+        raise ValueError("align objective 'none' means no align stage: set align.epochs = 0 instead.")
+    return EmbedderTarget("align", "distance", objective, embedded_features, align.epochs, align.checkpoint_every,
+                          align, "align")
+
+
 class AlignStep:
     """One align epoch's update, and the distance alone, for a padded per-class sample `{"index", "mask"}` whose
     inputs are read from the host array `x` when needed.
@@ -169,13 +200,13 @@ class AlignStep:
     """
 
     def __init__(self, graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, x, mesh: Mesh,
-                 chunk_classes: int = 0):
+                 chunk_classes: int = 0, features: Callable = embedded_features):
         self.x, self.mesh, self.chunk_classes = x, mesh, chunk_classes
 
         def class_features(embedder, rest, x):
             model = nnx.merge(graphdef, embedder, rest)
             classes, width = x.shape[:2]
-            return model.features(x.reshape(classes * width, *x.shape[2:])).reshape(classes, width, -1)
+            return features(model, x.reshape(classes * width, *x.shape[2:])).reshape(classes, width, -1)
 
         def distance(embedder, rest, objective, x, mask, weights, key):
             return objective_value(objective, class_features(embedder, rest, x), mask, weights, key)
@@ -269,14 +300,12 @@ class _Stage:
     weights: jax.Array
 
     @classmethod
-    def build(cls, model, train_x, train_labels, source, config, *, mesh):
+    def build(cls, model, train_x, train_labels, target: EmbedderTarget, config, *, mesh):
         align = config.align
         devices = mesh.shape["data"] * mesh.shape["fsdp"]
         sampler = ClassSampler.build(train_labels, align.maxsamples, config.batch_size, multiple_of=devices)
-        objective = build_objective(align.objective, *source, solver=align.solver, epsilon=align.epsilon)
-        if objective is None:
-            raise ValueError("align objective 'none' means no align stage: set align.epochs = 0 instead.")
-        optimizer, schedule = align_optimizer(config.optimizer, align)
+        objective = target.distance
+        optimizer, schedule = align_optimizer(config.optimizer, target.schedule)
         graphdef, embedder, rest = nnx.split(model, align_trainable(), ...)
         rules = dict(rules=config.mesh.rules, min_shard_bytes=config.mesh.min_shard_bytes)
         shardings = param_shardings(embedder, mesh, **rules)
@@ -284,7 +313,7 @@ class _Stage:
         embedder, rest = place(embedder, shardings), place(rest, param_shardings(rest, mesh, **rules))
         rep = replicated(mesh)
         objective = place(objective, jax.tree.map(lambda _: rep, objective))  # built on this process's first device
-        step = AlignStep(graphdef, optimizer, train_x, mesh, align.chunk_classes)
+        step = AlignStep(graphdef, optimizer, train_x, mesh, align.chunk_classes, target.features)
         return cls(sampler, objective, schedule, optimizer, embedder, rest, shardings, step,
                    jax.device_put(sampler.weights, rep))
 
@@ -293,7 +322,7 @@ def measure_distance(model, train_x, train_labels, source, config, *, mesh: Mesh
     """The align objective's distance of `model.embedder` as it is, on the fixed sample an align run measures before
     and after: where an embedder that was not aligned (the no-alignment ablations, a borrowed aligned embedder)
     stands on the paper's distance-versus-accuracy plot. Arguments as `run_align`'s."""
-    stage = _Stage.build(model, train_x, train_labels, source, config, mesh=mesh)
+    stage = _Stage.build(model, train_x, train_labels, align_target(source, config), config, mesh=mesh)
     sample = fixed_sample(ClassSamples(stage.sampler, 1, config.seed), config.seed)
     return float(stage.step.distance(stage.embedder, stage.rest, stage.objective, sample, stage.weights,
                                      jax.random.key(config.seed)))
@@ -321,28 +350,47 @@ def run_align(
     TensorBoard scalars as it goes, then `align_distance.png`, `align_summary.json` and the aligned embedder
     (`aligned_embedder/`) into `workdir`.
     """
-    workdir = epath.Path(workdir)
-    align, seed = config.align, config.seed
-    stage = _Stage.build(model, train_x, train_labels, source, config, mesh=mesh)
+    result = run_embedder_stage(model, train_x, train_labels, align_target(source, config), config, mesh=mesh,
+                                workdir=workdir, preemption=preemption, step_offset=step_offset)
+    write_align_outputs(model, result, epath.Path(workdir), config.align)
+    return result
+
+
+def run_embedder_stage(
+    model: nnx.Module,
+    train_x: np.ndarray,
+    train_labels: np.ndarray,
+    target: EmbedderTarget,
+    config,
+    *,
+    mesh: Mesh,
+    workdir: epath.PathLike,
+    preemption: PreemptionGuard | None = None,
+    step_offset: int = 0,
+) -> AlignResult:
+    """Trains `model.embedder` in place towards `target` (`run_align`'s loop), resuming from `workdir/<name>`;
+    returns the value on the fixed sample before and after, the history and the seconds."""
+    workdir, seed = epath.Path(workdir), config.seed
+    stage = _Stage.build(model, train_x, train_labels, target, config, mesh=mesh)
     sampler, objective, embedder, rest = stage.sampler, stage.objective, stage.embedder, stage.rest
     schedule, step, weights = stage.schedule, stage.step, stage.weights
     opt_state, _ = init_optimizer(stage.optimizer, embedder, stage.shardings)
-    samples = ClassSamples(sampler, align.epochs, seed)
+    samples = ClassSamples(sampler, target.epochs, seed)
     fixed = fixed_sample(samples, seed)
     key = jax.random.key(seed)
-    run = StageRun("align", workdir, preemption=preemption, step_offset=step_offset)
+    run = StageRun(target.name, workdir, preemption=preemption, step_offset=step_offset)
     start, state, position = run.restore({"embedder": embedder, "opt_state": opt_state},
                                          {"history": [], "distance_before": None, "data": None, "seconds": 0.0})
     embedder, opt_state = state["embedder"], state["opt_state"]
     if start:
-        log.info("align: resumed after epoch %d from %s", start, workdir / "align")
+        log.info("%s: resumed after epoch %d from %s", target.name, start, workdir / target.name)
     history = position["history"]
     if position["distance_before"] is None:
         position["distance_before"] = float(step.distance(embedder, rest, objective, fixed, weights, key))
     data = config.data
     inputs = iterate(samples, state=position["data"], threads=data.threads, prefetch=data.prefetch,
                      workers=data.workers)
-    bar = tqdm(range(start, align.epochs), desc="align", unit="epoch", initial=start, total=align.epochs,
+    bar = tqdm(range(start, target.epochs), desc=target.name, unit="epoch", initial=start, total=target.epochs,
                disable=not is_main_process())
     with run:
         for epoch in bar:
@@ -350,22 +398,20 @@ def run_align(
             embedder, opt_state, value = step(
                 embedder, rest, opt_state, objective, next(inputs), weights, jax.random.fold_in(key, epoch)
             )
-            run.check_finite(float(value), "distance", f"epoch {epoch + 1}", "epoch",
-                             "Lower optimizer.learning_rate or align.lr_multiplier, or check the inputs.")
-            history.append({"epoch": epoch + 1, "distance": float(value), "lr": lr, "seconds": run.seconds})
+            run.check_finite(float(value), target.quantity, f"epoch {epoch + 1}", "epoch",
+                             f"Lower optimizer.learning_rate or {target.section}.lr_multiplier, or check the inputs.")
+            history.append({"epoch": epoch + 1, target.quantity: float(value), "lr": lr, "seconds": run.seconds})
             run.log.write(history)
-            bar.set_postfix(distance=f"{history[-1]['distance']:.4g}")
+            bar.set_postfix({target.quantity: f"{history[-1][target.quantity]:.4g}"})
             stop = run.should_stop(epoch)
-            if (epoch + 1) % align.checkpoint_every == 0 or epoch + 1 == align.epochs or stop:
+            if (epoch + 1) % target.checkpoint_every == 0 or epoch + 1 == target.epochs or stop:
                 position.update(data=inputs.get_state())
                 run.save(epoch + 1, {"embedder": embedder, "opt_state": opt_state}, position)
-            if stop and epoch + 1 < align.epochs:
+            if stop and epoch + 1 < target.epochs:
                 run.stop(f"after epoch {epoch + 1}")
     after = float(step.distance(embedder, rest, objective, fixed, weights, key))
     nnx.update(model, embedder)
-    result = AlignResult(position["distance_before"], after, history, run.seconds)
-    write_align_outputs(model, result, workdir, align)
-    return result
+    return AlignResult(position["distance_before"], after, history, run.seconds)
 
 
 def write_align_outputs(model: nnx.Module, result: AlignResult, workdir: epath.Path, config) -> None:
@@ -384,20 +430,22 @@ def write_align_outputs(model: nnx.Module, result: AlignResult, workdir: epath.P
         write_file(workdir / "align_distance.png", plot_distance_curve(result, config.objective))
 
 
-def plot_distance_curve(result: AlignResult, objective: str) -> bytes:
+def plot_distance_curve(result: AlignResult, label: str, title: str = "ORCA align: embedded target vs source features",
+                        *, quantity: str = "distance") -> bytes:
+    """An embedder stage's curve: its value per epoch, and before and after on the fixed sample."""
     def draw(plt):
         epochs = [r["epoch"] for r in result.history]
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-        ax.plot(epochs, [r["distance"] for r in result.history], marker=".",
-                label="class-weighted distance (epoch sample)")
+        ax.plot(epochs, [r[quantity] for r in result.history], marker=".",
+                label=f"class-weighted {quantity} (epoch sample)")
         # Before and after are measured on one fixed sample, drawn at epoch 0 and at the last epoch.
         ax.plot([0], [result.distance_before], "s", color="gray",
                 label=f"before (fixed sample): {result.distance_before:.4g}")
         ax.plot([epochs[-1]], [result.distance_after], "s", color="green",
                 label=f"after (fixed sample): {result.distance_after:.4g}")
-        ax.set_xlabel("align epoch (= optimizer step)")
-        ax.set_ylabel(objective)
-        ax.set_title("ORCA align: embedded target vs source features")
+        ax.set_xlabel("epoch (= optimizer step)")
+        ax.set_ylabel(label)
+        ax.set_title(title)
         ax.legend(fontsize=8)
         return fig
 

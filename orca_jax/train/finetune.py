@@ -20,6 +20,8 @@ Face) parameter names to ours:
 - "frozen-body" (linear probe over the embedder): the whole body frozen, embedder and head trained. The official code
   has no such mode; its nearest, the `predictor` stage (predictor_epochs > 0, used by no config), trains exactly the
   embedder and the predictor over a frozen body, and in ORCA the embedder is the part built for the new modality.
+- "lora" (not in the official code): the body frozen but for low-rank adapters on its projections
+  (`orca_jax.models.lora`, added by `pipeline.build_model` when this mode is chosen); embedder and head train.
 In every mode the body's own token embeddings and RoBERTa's tanh pooler stay frozen: ORCA's forward pass never uses
 them (the embedder and mean pooling replace them), and the official model deletes them, so they are not in its
 optimizer. Freezing them also spares their optimizer state (RoBERTa's word table alone holds 38M parameters).
@@ -45,6 +47,8 @@ FINETUNE_RULES: dict[str, tuple[tuple[str, bool], ...]] = {
     "layernorm": (UNUSED_BODY_PARTS, (_BODY_NORMS, True), ("body/.*", False), (".*", True)),
     "non-attn": (UNUSED_BODY_PARTS, (r"body/.*/qkv/[^/]+", False), (".*", True)),  # qkv: the fused query/key/value projection
     "frozen-body": (("body/.*", False), (".*", True)),
+    # Low-rank adapters on the body's projections (orca_jax.models.lora, refine.lora): only they train in the body.
+    "lora": (UNUSED_BODY_PARTS, (r"body/.*/adapter/[^/]+", True), ("body/.*", False), (".*", True)),
 }
 ALIGN_RULES = (("embedder/.*", True), (".*", False))  # the align stage trains the embedder alone
 

@@ -14,6 +14,7 @@ import optax
 from flax import nnx
 
 from orca_jax.models import Swin, SwinConfig, TextEncoder, TextEncoderConfig
+from orca_jax.models.lora import add_adapters
 from orca_jax.models.swin import stage_windows
 
 
@@ -142,6 +143,16 @@ def text_workload(batch: int, length: int, *, dtype=jnp.float32, reference: bool
         torch_step = torch_train_step(torch_model, lambda m: m(inputs_embeds=xt).last_hidden_state.pow(2).mean())
     flops = 3.0 * text_forward_flops(config, batch, length)
     return Workload(f"text encoder (roberta-base, {batch} x {length} tokens)", batch, flops, ours, torch_step)
+
+
+def text_lora_step(batch: int, length: int, rank: int) -> JaxStep:
+    """`text_workload`'s step with LoRA adapters of `rank` on the four projections and the body frozen: what
+    `refine.finetune_method=lora` trains of the body."""
+    config = TextEncoderConfig.from_hf(ROBERTA_BASE, add_pooling_layer=False)
+    embeds = np.random.default_rng(0).normal(size=(batch, length, config.hidden_size)).astype(np.float32)
+    model = TextEncoder(config, rngs=nnx.Rngs(0))
+    add_adapters(model, rank=rank, alpha=2.0 * rank, rngs=nnx.Rngs(1))
+    return jax_train_step(model, _text_loss, jnp.asarray(embeds), frozen=lambda path: "adapter" not in path)
 
 
 def swin_workload(batch: int, side: int, *, dtype=jnp.float32, reference: bool = True) -> Workload:

@@ -1,4 +1,4 @@
-"""The bodies' shared layers: `linear` (nnx.Linear with a CPU-friendly weight gradient) and the GELU we use."""
+"""The bodies' shared layers: `Dense` (nnx.Linear with a CPU-friendly weight gradient) and the GELU we use."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from orca_jax.models.layers import ACTIVATIONS, linear
+from orca_jax.models.layers import ACTIVATIONS, Dense
 
 
 @pytest.mark.parametrize(
@@ -17,8 +17,8 @@ from orca_jax.models.layers import ACTIVATIONS, linear
         ((6, 16), 16, jnp.bfloat16),  # bfloat16 compute over float32 weights
     ],
 )
-def test_linear_equals_nnx_linear_in_value_and_gradients(shape, features, dtype):
-    ours = linear(shape[-1], features, dtype=dtype, rngs=nnx.Rngs(0))
+def test_dense_equals_nnx_linear_in_value_and_gradients(shape, features, dtype):
+    ours = Dense(shape[-1], features, dtype=dtype, rngs=nnx.Rngs(0))
     reference = nnx.Linear(shape[-1], features, dtype=dtype, rngs=nnx.Rngs(0))
     x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
 
@@ -36,10 +36,10 @@ def test_linear_equals_nnx_linear_in_value_and_gradients(shape, features, dtype)
         np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance)
 
 
-def test_linear_weight_gradients_run_on_xlas_fast_cpu_matmuls():
-    """The reason `linear` exists: with nnx.Linear, XLA's CPU backend computes weight gradients with Eigen dots on
+def test_dense_weight_gradients_run_on_xlas_fast_cpu_matmuls():
+    """The reason `Dense` exists: with nnx.Linear, XLA's CPU backend computes weight gradients with Eigen dots on
     transposed operands; ours leave no dot outside its YNNPACK fusions. If this fails after a jaxlib upgrade, XLA
-    may have learnt to do it alone: compare benchmark_body.py with and without `linear` before changing anything."""
+    may have learnt to do it alone: compare benchmark_body.py with and without `Dense` before changing anything."""
     x = jnp.ones((4, 32, 64))
 
     def hlo(model):
@@ -50,7 +50,7 @@ def test_linear_weight_gradients_run_on_xlas_fast_cpu_matmuls():
     entry = lambda text: text[text.index("ENTRY"):]  # noqa: E731
     assert " dot(" in entry(hlo(nnx.Linear(64, 128, rngs=nnx.Rngs(0))))
     for features in (128, 16):
-        text = entry(hlo(linear(64, features, rngs=nnx.Rngs(0))))
+        text = entry(hlo(Dense(64, features, rngs=nnx.Rngs(0))))
         assert " dot(" not in text and "__ynn_fusion" in text, text
 
 

@@ -10,6 +10,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
+from orca_jax.models import lora
 from orca_jax.models.embedders import SequenceEmbedder
 from orca_jax.models.heads import ClassificationHead
 from orca_jax.models.orca import OrcaModel
@@ -33,13 +34,15 @@ def mesh():
     return make_mesh(data=2, fsdp=4)
 
 
-def tiny_orca_model():
+def tiny_orca_model(mode="all"):
     config = TextEncoderConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=64, max_position_embeddings=40, pad_token_id=1,
                                padding_offset_positions=True, hidden_dropout_prob=0.0,
                                attention_probs_dropout_prob=0.0)
     body, rngs = TextEncoder(config, rngs=nnx.Rngs(0)), nnx.Rngs(1)
     embedder = SequenceEmbedder.from_body(body, 4, 16, target_seq_len=8, rngs=rngs)
+    if mode == "lora":  # as pipeline.build_model adds them
+        lora.add_adapters(body, rank=4, alpha=8.0, rngs=nnx.Rngs(2))
     return OrcaModel(embedder, body, ClassificationHead(32, 4, rngs=rngs))
 
 
@@ -49,7 +52,7 @@ def model_params():
 
 def model_parts(mode):
     """(graphdef, trainable, frozen): the tiny model split as the refine stage splits it in fine-tune `mode`."""
-    return nnx.split(tiny_orca_model(), trainable(mode), ...)
+    return nnx.split(tiny_orca_model(mode), trainable(mode), ...)
 
 
 def specs(shardings) -> dict[str, P]:
@@ -176,10 +179,10 @@ def make_step(graphdef, optimizer):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, mode", [("adamw", "all"), ("sgd", "layernorm")])
+@pytest.mark.parametrize("name, mode", [("adamw", "all"), ("sgd", "layernorm"), ("adamw", "lora")])
 def test_sharded_train_steps_equal_one_device(mesh, name, mode):
     optimizer = finetune_optimizer(name)
-    graphdef, _, frozen = nnx.split(nnx.eval_shape(tiny_orca_model), trainable(mode), ...)
+    graphdef, _, frozen = nnx.split(nnx.eval_shape(lambda: tiny_orca_model(mode)), trainable(mode), ...)
     step = make_step(graphdef, optimizer)
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(4, 16, 16, 4)).astype(np.float32)
