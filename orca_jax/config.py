@@ -95,6 +95,11 @@ def base_config() -> ConfigDict:
             # With finetune_method=lora: adapters of this rank on the body projections named in targets (qkv, out,
             # mlp_in, mlp_out), scaled by alpha / rank (orca_jax/models/lora.py).
             lora=ConfigDict(dict(rank=8, alpha=16.0, targets="qkv,out,mlp_in,mlp_out")),
+            # PaRe (orca_jax/train/pare.py; off unless enabled): the fraction of the target's tokens replaced by
+            # gated source tokens falls linearly from start_fraction (first epoch) towards end_fraction; the first
+            # soft_epochs select by Gumbel soft top-k at temperature tau (the gate learns), later ones by top-k.
+            # Source examples: the source section's set, through the body's own embedding.
+            pare=ConfigDict(dict(enabled=False, start_fraction=0.5, end_fraction=0.1, soft_epochs=5, tau=0.9)),
             accum=1,  # micro-batches summed per optimizer step (the loss is not divided, as officially)
             clip=-1.0,  # global-norm bound, <= 0 for none
             warmup_epochs=5,

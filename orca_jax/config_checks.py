@@ -305,6 +305,17 @@ def _check_refine(c: _Checker) -> None:
         if unknown or not targets:
             c.fail("refine.lora.targets", f"names {unknown or 'no projection'}; give a comma-separated subset of "
                                           f"{','.join(PROJECTIONS)}")
+    if c.value("refine.pare.enabled") not in (True, False):
+        c.fail("refine.pare.enabled", "must be True or False")
+    elif c.value("refine.pare.enabled"):
+        starts = c.number("refine.pare.start_fraction", "[0, 1]", "set the fraction of tokens replaced at first, e.g. 0.5")
+        ends = c.number("refine.pare.end_fraction", "[0, 1]", "set the fraction replaced at the end, e.g. 0.1")
+        if starts and ends and c.value("refine.pare.end_fraction") > c.value("refine.pare.start_fraction"):
+            start = c.value("refine.pare.start_fraction")
+            c.fail("refine.pare.end_fraction", f"must not exceed refine.pare.start_fraction={start!r}; lower it (PaRe "
+                                               "replaces fewer tokens as fine-tuning goes on)")
+        c.integer("refine.pare.soft_epochs", 0, "set the epochs of soft (gate-training) selection, e.g. 5")
+        c.number("refine.pare.tau", "(0, inf)", "set the Gumbel soft top-k temperature, e.g. 0.9")
     c.integer("refine.accum", 1, "set the micro-batches summed per optimizer step, 1 for none")
     c.number("refine.clip", None, "set a global-norm bound, <= 0 for none")
     warmup_ok = c.number("refine.warmup_epochs", "[0, inf)", "set 0 for no warm-up")

@@ -18,6 +18,7 @@ from ml_collections import ConfigDict
 from orca_jax.config import DTYPES
 from orca_jax.config_checks import ConfigError, check_config
 from orca_jax.data.source_features import SourceFeaturesError, load_or_compute
+from orca_jax.data.sources import source_spec
 from orca_jax.data.kinds import get_task_kind
 from orca_jax.data.tasks import check_task, class_notes, load_task
 from orca_jax.data.types import DataError, Task
@@ -31,6 +32,7 @@ from orca_jax.ot import pseudo_labels
 from orca_jax.parallel import PreemptionGuard, make_mesh
 from orca_jax.train.align import OBJECTIVES, align_classes, load_aligned_embedder, measure_distance, run_align
 from orca_jax.train.label_matching import run_label_matching
+from orca_jax.train.pare import PareParts
 from orca_jax.train.task_loss import TaskLoss, linear_outputs, make_task_loss
 from orca_jax.train.refine import EpochHook, run_refine
 from orca_jax.workdir import RunLock, WorkdirError, check_data, claim, disk_full, free_space, write_file
@@ -59,7 +61,11 @@ def build_model(config: ConfigDict, task: Task, task_loss: TaskLoss) -> OrcaMode
     width = family.width(body)
     head = build_head(task, task_loss, body, embedder, width, dense_1d=config.head.dense_1d, param_dtype=param_dtype,
                       dtype=dtype, rngs=rngs)
-    return OrcaModel(embedder, body, head)
+    model = OrcaModel(embedder, body, head)
+    if config.refine.pare.enabled:
+        model.pare = PareParts(embedder.width, width, len(source_spec(config.source.name).class_names),
+                               rngs=nnx.Rngs(config.seed + 2))
+    return model
 
 
 def build_head(

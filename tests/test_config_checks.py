@@ -117,6 +117,17 @@ CASES = [
     ({"refine.warmup_epochs": -1}, "refine.warmup_epochs=-1: must be in [0, inf)", "set 0 for no warm-up"),
     ({"refine.decay_epochs": 5}, "refine.decay_epochs=5: must be greater than refine.warmup_epochs=5",
      "set it above the warm-up"),
+    ({"refine.finetune_method": "lora", "refine.lora.rank": 0}, "refine.lora.rank=0: must be an integer >= 1",
+     "e.g. 8"),
+    ({"refine.finetune_method": "lora", "refine.lora.targets": "qkv,query"}, "refine.lora.targets='qkv,query': "
+     "names ['query']", "subset of qkv,out,mlp_in,mlp_out"),
+    ({"refine.pare.enabled": True, "refine.pare.end_fraction": 0.8}, "refine.pare.end_fraction=0.8: must not exceed",
+     "fewer tokens"),
+    ({"refine.pare.enabled": True, "refine.pare.tau": 0.0}, "refine.pare.tau=0.0: must be in (0, inf)", "e.g. 0.9"),
+    ({"align.label_matching.epochs": 3, "align.label_matching.rho": -1.0},
+     "align.label_matching.rho=-1.0: must be in [0, inf)", "or 0 for none"),
+    ({"align.epochs": 0, "align.objective": "none", "align.label_matching.epochs": 3},
+     "align.label_matching.epochs=3: is label matching after feature matching", "set align.epochs > 0"),
     ({"mesh.min_shard_bytes": -1}, "mesh.min_shard_bytes=-1: must be an integer >= 0", "default 1 MiB"),
     # the mesh, in the values the user set
     ({"mesh.fsdp": 3}, "mesh.fsdp=3: does not divide the device count, 8, which mesh.data=-1 would share out",

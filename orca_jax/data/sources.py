@@ -27,16 +27,18 @@ from orca_jax.data.source_set import OFFICIAL_SOURCE_SIZE, SourceSet
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
     modality: str  # "text" or "image": which body family can embed it
+    class_names: tuple[str, ...]  # its labels' names, known before loading (PaRe's source head is sized by them)
     load: Callable[[int | None, int, str | os.PathLike | None], SourceSet]  # (size, seed, data_dir)
     # Cache-key entries for whatever, besides size and seed, decides the contents (e.g. the Python version).
     cache_tags: Callable[[], dict[str, str]] = dict
 
 
 SOURCES: dict[str, SourceSpec] = {
-    "conll2003": SourceSpec("text", text_sources.load_conll2003),
-    "python_docs": SourceSpec("text", text_sources.load_python_docs, lambda: {"python": platform.python_version()}),
-    "cifar10": SourceSpec("image", image_sources.load_cifar10),
-    "digits": SourceSpec("image", image_sources.load_digits),
+    "conll2003": SourceSpec("text", text_sources.CONLL_CLASSES, text_sources.load_conll2003),
+    "python_docs": SourceSpec("text", text_sources.PYTHON_DOCS_PACKAGES, text_sources.load_python_docs,
+                              lambda: {"python": platform.python_version()}),
+    "cifar10": SourceSpec("image", image_sources.CIFAR10_CLASSES, image_sources.load_cifar10),
+    "digits": SourceSpec("image", image_sources.DIGITS_CLASSES, image_sources.load_digits),
 }
 
 

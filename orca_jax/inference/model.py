@@ -139,6 +139,7 @@ class TrainedModel:
         # A LoRA run's adapters are folded into the body's weights: prediction runs the plain architecture at its
         # own cost, and an export is a plain Hugging Face checkpoint (orca_jax.models.lora).
         lora.merge(self.model)
+        self.model.pare = None  # PaRe's gate and source head serve training only
 
     @property
     def kind(self) -> str:

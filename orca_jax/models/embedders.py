@@ -214,6 +214,12 @@ class ImageEmbedder(nnx.Module):
             x = jax.image.resize(x, shape, method="linear", antialias=self.antialias)
         return x
 
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per image: the patch grid of the resized input."""
+        (ph, pw), (height, width) = self.projection.kernel_size, self.image_size
+        return (height // ph) * (width // pw)
+
     def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
         """Tokens `[batch, grid_h * grid_w, embed_dim]` (row-major) and the grid, as Swin's `encode` takes them."""
         x = self.projection(self._resized(x))

@@ -34,9 +34,21 @@ class BodyFamily:
     # (body, task input shape without the batch axis, the config's `embedder` section, *, init_from_body, rngs)
     build_embedder: Callable[..., nnx.Module]
     width: Callable[[Any], int]  # body -> width of its output tokens (the head's input)
-    # (body, embedder, task inputs, rngs) -> (pooled [batch, width], sequence [batch, tokens, width])
-    encode: Callable[..., tuple[jax.Array, jax.Array]]
+    # (body, tokens [batch, n, token width], layout: the image grid or None, rngs) -> (pooled [batch, width],
+    # sequence [batch, tokens, width]): the body's forward pass from tokens, whoever embedded them
+    encode_tokens: Callable[..., tuple[jax.Array, jax.Array]]
+    # (body, source inputs: token ids [batch, n] or images) -> (tokens, layout) through the body's own embedding
+    source_tokens: Callable[..., tuple[jax.Array, Any]]
     needs_tokenizer: bool  # its source inputs are text its checkpoint's tokenizer must encode
+
+    def embed(self, embedder, x) -> tuple[jax.Array, Any]:
+        """(tokens, layout) of task inputs through the task embedder."""
+        out = embedder(x)
+        return out if isinstance(out, tuple) else (out, None)
+
+    def encode(self, body, embedder, x, rngs) -> tuple[jax.Array, jax.Array]:
+        """(pooled, sequence) of task inputs: embedder, then the body."""
+        return self.encode_tokens(body, *self.embed(embedder, x), rngs)
 
 
 def _text_embedder(body, input_shape, options, *, init_from_body: bool, rngs: nnx.Rngs) -> SequenceEmbedder:
@@ -45,10 +57,14 @@ def _text_embedder(body, input_shape, options, *, init_from_body: bool, rngs: nn
                                       init_from_body=init_from_body, norm=options.norm, rngs=rngs)
 
 
-def _text_encode(body, embedder, x, rngs):
+def _text_encode(body, tokens, layout, rngs):
     # ORCA's 1D path replaces RoBERTa's tanh pooler with a parameter-free mean over tokens.
-    sequence = body.encode(embedder(x), rngs=rngs).last_hidden_state
+    sequence = body.encode(tokens, rngs=rngs).last_hidden_state
     return jnp.mean(sequence, axis=1), sequence
+
+
+def _text_source_tokens(body, ids):
+    return body.embeddings(ids, None, None, None, None), None
 
 
 def _image_embedder(body, input_shape, options, *, init_from_body: bool, rngs: nnx.Rngs) -> ImageEmbedder:
@@ -56,17 +72,24 @@ def _image_embedder(body, input_shape, options, *, init_from_body: bool, rngs: n
                                    rngs=rngs)
 
 
-def _image_encode(body, embedder, x, rngs):
-    tokens, grid = embedder(x)
+def _image_encode(body, tokens, grid, rngs):
     out = body.encode(tokens, grid, rngs=rngs)
     return out.pooler_output, out.last_hidden_state
 
 
+def _image_source_tokens(body, images):
+    size = tuple(body.config.image_size)
+    if images.shape[1:3] != size:
+        images = jax.image.resize(images, (images.shape[0], *size, images.shape[3]), method="linear", antialias=False)
+    return body.embeddings(images)
+
+
 FAMILIES: dict[str, BodyFamily] = {
     "text": BodyFamily(TextEncoder, "a text body", "text", "NLC", "sequences", SequenceEmbedder, _text_embedder,
-                       lambda body: body.config.hidden_size, _text_encode, needs_tokenizer=True),
+                       lambda body: body.config.hidden_size, _text_encode, _text_source_tokens, needs_tokenizer=True),
     "image": BodyFamily(Swin, "a Swin body", "image", "NHWC", "images", ImageEmbedder, _image_embedder,
-                        lambda body: body.config.num_features, _image_encode, needs_tokenizer=False),
+                        lambda body: body.config.num_features, _image_encode, _image_source_tokens,
+                        needs_tokenizer=False),
 }
 
 

@@ -24,6 +24,8 @@ class OrcaModel(nnx.Module):
                 f"{family.embedder_type.__name__} with it."
             )
         self.embedder, self.body, self.head = embedder, body, head
+        # PaRe's gate and source head (orca_jax.train.pare.PareParts) while a refine stage with refine.pare trains.
+        self.pare = nnx.data(None)
 
     def features(self, x: jax.Array) -> jax.Array:
         """Embedder output mean-pooled over tokens (float32): what the align stage compares with source features."""

@@ -39,7 +39,7 @@ from flax import nnx
 
 from orca_jax.param_paths import PathRules, path_name
 
-PARTS = ("embedder", "body", "head")  # OrcaModel's children
+PARTS = ("embedder", "body", "head", "pare")  # OrcaModel's children (pare: PaRe's gate and source head, when used)
 UNUSED_BODY_PARTS = (r"body/(embeddings|pooler)/.*", False)  # replaced by the embedder and mean pooling
 _BODY_NORMS = r"body/(.*/)?(attention_norm|mlp_norm|layernorm_before|layernorm_after|layernorm)/[^/]+"
 FINETUNE_RULES: dict[str, tuple[tuple[str, bool], ...]] = {

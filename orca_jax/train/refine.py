@@ -26,12 +26,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
 import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 from jax.experimental.multihost_utils import process_allgather
 import numpy as np
 import optax
@@ -57,6 +59,7 @@ from orca_jax.train.finetune import trainable
 from orca_jax.train.metrics import MetricAccumulator
 from orca_jax.train.task_loss import TaskLoss
 from orca_jax.train.optimizers import refine_optimizer
+from orca_jax.train.pare import PareSchedule, pare_loss, pare_schedule
 from orca_jax.train.stage import StageRun
 from orca_jax.workdir import write_file
 
@@ -80,25 +83,38 @@ class RefineResult:
 
 
 def make_steps(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, task_loss: TaskLoss,
-               mesh: Mesh, state_shardings):
-    """Jitted (train_step, eval_step). Only `params` (the trainable parameters) are differentiated; `frozen` (the
-    parameters the fine-tune mode freezes) enter as constants of the step."""
+               mesh: Mesh, state_shardings, pare: PareSchedule | None = None):
+    """(train_step, eval_step), jitted. Only `params` (the trainable parameters) are differentiated; `frozen` (the
+    parameters the fine-tune mode freezes) enter as constants of the step. `train_step(params, frozen, opt_state, x,
+    y, mask, meta, key, epoch=0)`; with `pare`, the loss is PaRe's (`orca_jax.train.pare`), whose count and phase
+    the epoch sets (one program per phase)."""
     rep = replicated(mesh)
 
-    def train_step(params, frozen, opt_state, x, y, mask, meta, key):
+    def step(params, frozen, opt_state, x, y, mask, meta, key, k, source_x, source_y, *, soft):
         def loss_of(params):
             model = nnx.merge(graphdef, params, frozen)
-            return task_loss.loss(model(x, rngs=nnx.Rngs(dropout=key)), y, mask, meta)
+            if pare is None:
+                return task_loss.loss(model(x, rngs=nnx.Rngs(dropout=key)), y, mask, meta)
+            return pare_loss(model, task_loss, x, y, mask, meta, key, k, source_x, source_y, soft=soft, tau=pare.tau)
 
         loss, grads = jax.value_and_grad(loss_of)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    compiled = {soft: jax.jit(functools.partial(step, soft=soft), donate_argnums=(0, 2),
+                              out_shardings=(*state_shardings, rep)) for soft in (False, True)}
+
+    def train_step(params, frozen, opt_state, x, y, mask, meta, key, epoch: int = 0):
+        if pare is None:
+            return compiled[False](params, frozen, opt_state, x, y, mask, meta, key, 0, None, None)
+        k, soft = pare.at(epoch)
+        return compiled[soft](params, frozen, opt_state, x, y, mask, meta, key, jnp.asarray(k, jnp.int32),
+                              pare.source_x, pare.source_y)
+
     def eval_step(params, frozen, x):
         return task_loss.outputs(nnx.merge(graphdef, params, frozen)(x))
 
-    train = jax.jit(train_step, donate_argnums=(0, 2), out_shardings=(*state_shardings, rep))
-    return train, jax.jit(eval_step)
+    return train_step, jax.jit(eval_step)
 
 
 def device_rows(batch_size: int, mesh: Mesh) -> int:
@@ -180,7 +196,8 @@ def run_refine(
     frozen_shardings = param_shardings(frozen, mesh, config.mesh.rules, min_shard_bytes=config.mesh.min_shard_bytes)
     params, frozen = place(params, shardings), place(frozen, frozen_shardings)  # copies: the step donates params
     opt_state, opt_shardings = init_optimizer(optimizer, params, shardings)
-    train_step, eval_step = make_steps(graphdef, optimizer, task_loss, mesh, (shardings, opt_shardings))
+    pare = pare_schedule(config, model, mesh) if refine.pare.enabled else None
+    train_step, eval_step = make_steps(graphdef, optimizer, task_loss, mesh, (shardings, opt_shardings), pare)
     val_batch, test_batch = evaluation_batches(len(task.val), len(task.test), config.eval_batch_size)
 
     best_dir = workdir / "refine_best"
@@ -223,7 +240,7 @@ def run_refine(
                 meta = {name: batch_from_process_rows(batch["meta"][name], mesh) for name in task_loss.loss_meta}
                 params, opt_state, loss = train_step(
                     params, frozen, opt_state, *(batch_from_process_rows(batch[k], mesh) for k in ("x", "y", "mask")),
-                    meta, jax.random.fold_in(key, global_step),
+                    meta, jax.random.fold_in(key, global_step), epoch,
                 )
                 losses.append(float(loss))
                 run.check_finite(losses[-1], "training loss", f"epoch {epoch + 1}, step {step + 1}", "step",

@@ -37,8 +37,8 @@ def test_a_registered_third_family_runs_through_the_model(monkeypatch):
     toy = BodyFamily(ToyBody, "a toy body", "toy", "NLC", "sequences", ToyEmbedder,
                      lambda body, shape, options, *, init_from_body, rngs: ToyEmbedder(shape[-1], rngs),
                      lambda body: body.config.hidden_size,
-                     lambda body, embedder, x, rngs: (body.encode(embedder(x)).max(axis=1), body.encode(embedder(x))),
-                     needs_tokenizer=False)
+                     lambda body, tokens, layout, rngs: (body.encode(tokens).max(axis=1), body.encode(tokens)),
+                     lambda body, inputs: (inputs, None), needs_tokenizer=False)
     monkeypatch.setitem(FAMILIES, "toy", toy)
     rngs = nnx.Rngs(0)
     body = ToyBody(rngs)

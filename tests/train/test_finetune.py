@@ -231,7 +231,7 @@ def test_the_align_stage_trains_the_embedder_alone():
 def test_bad_mode_and_foreign_parameters_are_named():
     with pytest.raises(ValueError, match="'layer-norm' is not one of"):
         trainable("layer-norm")
-    with pytest.raises(ValueError, match=r"does not start with one of \('embedder', 'body', 'head'\)"):
+    with pytest.raises(ValueError, match=r"does not start with one of \('embedder', 'body', 'head', 'pare'\)"):
         is_trainable("all", ("encoder", "w"))
 
 
