@@ -40,6 +40,9 @@ def get_config(arg=None):
     elif arg == "ablation":
         c.task.train_size = 1000
         c.refine.update(dict(epochs=15, warmup_epochs=1, decay_epochs=15))
+    elif arg == "successors":  # the successors sweep's budget on 2 cores (docs/results.md)
+        c.task.train_size = 500
+        c.refine.update(dict(epochs=8, warmup_epochs=1, decay_epochs=8))
     elif arg == "smoke":
         c.source.size = 300
         c.align.epochs = 2
@@ -49,5 +52,5 @@ def get_config(arg=None):
         c.task.train_size = 64
         c.refine.epochs = 1
     elif arg:
-        raise ValueError(f"Unknown variant {arg!r} of configs/demo.py; known: no_align, ablation, smoke.")
+        raise ValueError(f"Unknown variant {arg!r} of configs/demo.py; known: no_align, ablation, successors, smoke.")
     return c

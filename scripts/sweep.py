@@ -9,7 +9,7 @@ run lives in `DIR/<variant>/seed<k>`; rerunning the command skips finished runs 
 answer is `DIR/results.md` (with `results.csv`, `runs.csv`, `distance_vs_metric.png`, `results_bars.png`).
 `--baselines` adds the simple baselines of scripts/baselines.py, fitted on each seed's split, as rows
 `baseline: <name>` of the same tables (in `DIR/baselines/seed<k>`, reused by a rerun on unchanged data). Sweeps
-and their variants: `orca_jax/sweep.py` (`SWEEPS`). Compiled programs are cached (`--compile_cache`, on by
+and their variants: `orca_jax/sweep/variants.py` (`SWEEPS`). Compiled programs are cached (`--compile_cache`, on by
 default), so the later runs of the same shapes load them instead of compiling. Exit status: 0 every run
 finished; 1 some failed (their errors are in the reports; the others ran); 2 the sweep cannot start (unknown sweep,
 variant or seeds, or another sweep holds DIR); 75 stopped by SIGTERM, 130 by Ctrl-C, after a checkpoint (rerun to
@@ -28,7 +28,7 @@ from orca_jax.sweep.runner import run_sweep
 from orca_jax.sweep.variants import SWEEPS, select_variants
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
-_SWEEP = flags.DEFINE_enum("sweep", None, sorted(SWEEPS), "A built-in sweep of orca_jax/sweep.py.")
+_SWEEP = flags.DEFINE_enum("sweep", None, sorted(SWEEPS), "A built-in sweep of orca_jax/sweep/variants.py.")
 _VARIANTS = flags.DEFINE_list("variants", [], "A subset of the sweep's variants (those they align from are added).")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds, comma-separated.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the sweep: one sub-workdir per run, and the reports.")

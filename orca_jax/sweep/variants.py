@@ -25,20 +25,36 @@ _OTDD_ANNEALED = Variant("otdd-annealed", {"align.objective": "otdd-exact", "ali
 _MMD = Variant("mmd", {"align.objective": "mmd"})
 _L2 = Variant("l2", {"align.objective": "l2"})
 _NO_ALIGN = Variant("no-align", {"align.epochs": 0, "embedder.init": "fresh"})
+# The body's initialisation without alignment: PaRe's `srcinit` (the embedder copied from the body's own patch or
+# token embedding, no alignment).
+_SOURCE_INIT = Variant("no-align-body-init", {"align.epochs": 0, "embedder.init": "body"})
+_RANDOM_BODY = Variant("random-body", {"body.init": "random"})  # the replication's baseline: no pretrained knowledge
 SWEEPS: dict[str, tuple[Variant, ...]] = {
     "ablations": (
         _OTDD_ANNEALED,  # official; the base of the refine-only variants
         _NO_ALIGN,  # the official no-alignment baseline: embedder initialised anew
-        Variant("no-align-body-init", {"align.epochs": 0, "embedder.init": "body"}),  # body's init, no alignment
+        _SOURCE_INIT,
         Variant("otdd-converged", {"align.objective": "otdd-exact", "align.solver": "converged"}),
         Variant("otdd-gaussian", {"align.objective": "otdd-gaussian"}),
         _MMD,
         _L2,
         Variant("layernorm", {"refine.finetune_method": "layernorm"}, align_from="otdd-annealed"),
         Variant("frozen-body", {"refine.finetune_method": "frozen-body"}, align_from="otdd-annealed"),
-        Variant("random-body", {"body.init": "random"}),  # the replication's baseline: no pretrained knowledge
+        _RANDOM_BODY,
     ),
     "objectives": (_OTDD_ANNEALED, _MMD, _L2, _NO_ALIGN),
+    # ORCA's successors next to ORCA (docs/method.md, "Beyond ORCA"): which method for this task.
+    "successors": (
+        _OTDD_ANNEALED,  # ORCA
+        _NO_ALIGN,
+        _RANDOM_BODY,
+        Variant("lora", {"refine.finetune_method": "lora"}, align_from="otdd-annealed"),  # rank 8 on 4 projections
+        # 20 label-matching epochs after ORCA's alignment (the authors' label_epochs are per task; 20 is ours).
+        Variant("label-matching", {"align.objective": "otdd-exact", "align.solver": "annealed",
+                                   "align.label_matching.epochs": 20}),
+        _SOURCE_INIT,  # PaRe's released preset alone: no alignment, the embedder copied from the body
+        Variant("pare", {"align.epochs": 0, "embedder.init": "body", "refine.pare.enabled": True}),  # PaRe as released
+    ),
 }
 
 
