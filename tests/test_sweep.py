@@ -197,7 +197,10 @@ def test_builtin_variants_are_valid_configs(sweep, variant, tmp_path):
     config = run_config(load_config_file(ROOT / "configs" / "own_data.py"), chosen, 0, tmp_path)
     check_config(config)
     for field, value in chosen.overrides.items():
-        assert config[field.split(".")[0]][field.split(".")[1]] == value
+        node = config
+        for part in field.split("."):
+            node = node[part]
+        assert node == value, field
 
 
 def test_ranking_rank_by_test_follows_the_metric_direction():
