@@ -144,6 +144,8 @@ def main(argv=None) -> None:
     parser.add_argument("--text-batch", type=int, default=0, help="device suite: sequences of 512 per step")
     parser.add_argument("--image-batch", type=int, default=0, help="device suite: 224² images per step")
     args = parser.parse_args(argv)
+    if args.lora < 0:
+        parser.error(f"--lora {args.lora}: give a positive adapter rank, e.g. --lora 8 (0 or absent: no LoRA timing).")
     if args.device_suite:
         device_suite(args)
     elif args.lora:

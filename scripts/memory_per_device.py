@@ -59,6 +59,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lora-rank", type=int, default=8)
     args = parser.parse_args()
+    if args.lora_rank < 1:
+        parser.error(f"--lora-rank {args.lora_rank}: give a positive adapter rank, e.g. 8.")
     for name, build in BODIES.items():
         params = jax.eval_shape(lambda: nnx.state(build(), nnx.Param))
         state = jax.eval_shape(optax.adamw(1e-4).init, params)
