@@ -242,11 +242,13 @@ def load_source_features(config: ConfigDict, model: OrcaModel, *, depth: str = "
             f"delete {source.path} so that they are computed again; or run without the align stage: "
             "--config.align.epochs=0 --config.align.objective=none."
         )
-    width = model.embedder.width if depth == "embedding" else family_of(model.body).width(model.body)
+    if depth == "embedding":
+        width, what = model.embedder.width, "the embedder's tokens"
+    else:
+        width, what = family_of(model.body).width(model.body), "the body's outputs"
     if source.features.shape[1] != width:
         raise SourceFeaturesError(
-            f"Source features {source.path} have width {source.features.shape[1]} but "
-            f"{'the embedder' + chr(39) + 's tokens' if depth == 'embedding' else 'the body' + chr(39) + 's outputs'} have "
+            f"Source features {source.path} have width {source.features.shape[1]} but {what} have "
             f"{width}: they were computed for another body cached under the same name. Delete {source.path} (they "
             "are computed again for this body), or give this body its own cache: --config.source.cache_dir=DIR."
         )

@@ -282,6 +282,13 @@ def _write_cache(npz_path: Path, json_path: Path, features: np.ndarray, labels: 
                     "source.cache_dir to a writable directory to keep them)", npz_path.parent, error)
 
 
+def body_tokenizer(checkpoint: str | os.PathLike):
+    """The tokenizer of a text body's checkpoint (hub id or snapshot directory)."""
+    from transformers import AutoTokenizer  # slow to import; only a text body's source inputs need it
+
+    return AutoTokenizer.from_pretrained(resolve_checkpoint(checkpoint))
+
+
 def load_or_compute(
     checkpoint: str | os.PathLike,
     source: str,
@@ -313,11 +320,7 @@ def load_or_compute(
 
     if body is None:
         body = load_checkpoint(checkpoint).model
-    tokenizer = None
-    if family_of(body).needs_tokenizer:
-        from transformers import AutoTokenizer  # slow to import; only a text body on a cache miss needs it
-
-        tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(checkpoint))
+    tokenizer = body_tokenizer(checkpoint) if family_of(body).needs_tokenizer else None
     source_set = load_source(source, size=size, seed=seed, data_dir=data_dir)
     features = embed_source(body, source_set, tokenizer=tokenizer, batch_size=batch_size, progress=progress,
                             depth=depth)

@@ -36,7 +36,10 @@ import numpy as np
 import optax
 from flax import nnx
 
+from orca_jax.data.source_features import body_tokenizer
+from orca_jax.data.sources import load_source
 from orca_jax.models.families import family_of
+from orca_jax.parallel import replicated
 
 TINY = float(np.finfo(np.float32).tiny)  # the official SubsetOperator's floor inside the log
 
@@ -153,8 +156,6 @@ class PareSchedule:
 
 def pare_schedule(config, model, mesh) -> PareSchedule:
     """The schedule of `config.refine.pare` for `model`, its source set placed on every device of `mesh`."""
-    from orca_jax.parallel import replicated
-
     x, y = source_inputs(config, model)
     rep = replicated(mesh)
     p = config.refine.pare
@@ -165,17 +166,11 @@ def pare_schedule(config, model, mesh) -> PareSchedule:
 def source_inputs(config, model) -> tuple[np.ndarray, np.ndarray]:
     """The source set's inputs as the body's own embedding takes them (token ids of exactly the target's token count
     for a text body; images for Swin) and its labels."""
-    from orca_jax.data.sources import load_source
-    from orca_jax.weights import resolve_checkpoint
-
     source = load_source(config.source.name, size=config.source.size, seed=config.source.seed,
                          data_dir=config.source.data_dir or None)
     labels = np.asarray(source.labels, np.int32)
     if not family_of(model.body).needs_tokenizer:
         return np.asarray(source.inputs, np.float32), labels
-    from transformers import AutoTokenizer  # slow to import; only a text body needs it
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint(config.body.checkpoint))
-    encoded = tokenizer(list(source.inputs), padding="max_length", truncation=True,
+    encoded = body_tokenizer(config.body.checkpoint)(list(source.inputs), padding="max_length", truncation=True,
                         max_length=model.embedder.num_tokens, return_tensors="np")
     return encoded["input_ids"].astype(np.int32), labels
